@@ -1,0 +1,51 @@
+/* exec.h: executor-side value slots and the generated invocation stubs. */
+#ifndef P11BRIDGE_EXEC_H
+#define P11BRIDGE_EXEC_H
+
+#include "calls.h"
+
+/* modes of output arguments */
+enum { PB_OUT_QUERY = 0, PB_OUT_BUFFER = 1, PB_OUT_AUTO = 2 };
+
+/* One decoded argument / result. Which members are used depends on the kind;
+ * the generated stubs (build/gen/exec_invoke.c) pass them to the module:
+ *   ulong/slot/session/object  ul          (results: &ul)
+ *   bool                       b
+ *   bytes                      p, len
+ *   label                      p
+ *   mechanism                  &mech
+ *   template, attrquery        tmpl, count
+ *   outbytes                   p, &len     (cap, mode)
+ *   outlist                    ulp, &count (cap, mode)
+ *   objectlist                 ulp, ..., &count
+ *   outfixed                   p, len
+ *   info kinds                 &st.<kind>
+ */
+typedef struct {
+  CK_ULONG ul;
+  CK_BBOOL b;
+  void *p;
+  CK_ULONG len;
+  CK_ULONG *ulp;
+  CK_ULONG count;
+  CK_ULONG cap;
+  int mode;
+  CK_ATTRIBUTE *tmpl;
+  unsigned char *want;
+  CK_MECHANISM mech;
+  union {
+    CK_INFO info;
+    CK_SLOT_INFO slotinfo;
+    CK_TOKEN_INFO tokeninfo;
+    CK_SESSION_INFO sessioninfo;
+    CK_MECHANISM_INFO mechinfo;
+  } st;
+} pb_slot;
+
+extern CK_C_INITIALIZE_ARGS pb_exec_init_args;
+
+/* generated */
+CK_RV pb_invoke(CK_FUNCTION_LIST_PTR fl, unsigned id, pb_slot *a);
+int pb_has_function(CK_FUNCTION_LIST_PTR fl, unsigned id);
+
+#endif

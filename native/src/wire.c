@@ -1,0 +1,522 @@
+/* wire.c: p11bridge kind codecs (see wire.h). */
+#include "wire.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+CK_BYTE pb_empty[1];
+
+/* ------------------------------------------------------------------ errors */
+
+int pb_fail(pb_err *err, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+  va_end(ap);
+  err->rv = CKR_ARGUMENTS_BAD;
+  return PB_MALFORMED;
+}
+
+int pb_fail_rv(pb_err *err, CK_RV rv) {
+  err->rv = rv;
+  err->msg[0] = 0;
+  return PB_RV;
+}
+
+const char *pb_type_name(const msgpack_object *o) {
+  switch (o->type) {
+  case MSGPACK_OBJECT_NIL: return "nil";
+  case MSGPACK_OBJECT_BOOLEAN: return "bool";
+  case MSGPACK_OBJECT_POSITIVE_INTEGER: return "int";
+  case MSGPACK_OBJECT_NEGATIVE_INTEGER: return "negative int";
+  case MSGPACK_OBJECT_FLOAT32:
+  case MSGPACK_OBJECT_FLOAT64: return "float";
+  case MSGPACK_OBJECT_STR: return "str";
+  case MSGPACK_OBJECT_ARRAY: return "array";
+  case MSGPACK_OBJECT_MAP: return "map";
+  case MSGPACK_OBJECT_BIN: return "bin";
+  case MSGPACK_OBJECT_EXT: return "ext";
+  }
+  return "unknown";
+}
+
+/* ------------------------------------------------------------------ arena */
+
+struct pb_arena_blk {
+  pb_arena_blk *next;
+  max_align_t data[];
+};
+
+void pb_arena_init(pb_arena *a) {
+  a->head = NULL;
+  a->total = 0;
+}
+
+void *pb_arena_alloc(pb_arena *a, size_t size) {
+  if (size > SIZE_MAX - sizeof(pb_arena_blk) - 16) return NULL;
+  pb_arena_blk *b = calloc(1, sizeof(pb_arena_blk) + (size ? size : 1));
+  if (!b) return NULL;
+  b->next = a->head;
+  a->head = b;
+  a->total += size;
+  return b->data;
+}
+
+void pb_arena_free(pb_arena *a) {
+  pb_arena_blk *b = a->head;
+  while (b) {
+    pb_arena_blk *n = b->next;
+    free(b);
+    b = n;
+  }
+  a->head = NULL;
+  a->total = 0;
+}
+
+/* ------------------------------------------------------------------ scalars */
+
+int pb_unpack_ulong(const msgpack_object *o, CK_ULONG *out, pb_err *err) {
+  if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+    return pb_fail(err, "expected unsigned int, got %s", pb_type_name(o));
+  uint64_t v = o->via.u64;
+  if (v == UINT64_MAX) {
+    *out = CK_UNAVAILABLE_INFORMATION; /* all-ones travels as 2^64-1 */
+  } else if (v > (uint64_t)(CK_ULONG)~(CK_ULONG)0) {
+    return pb_fail(err, "unsigned int %llu does not fit a CK_ULONG", (unsigned long long)v);
+  } else {
+    *out = (CK_ULONG)v;
+  }
+  return PB_OK;
+}
+
+int pb_unpack_bool(const msgpack_object *o, CK_BBOOL *out, pb_err *err) {
+  if (o->type != MSGPACK_OBJECT_BOOLEAN)
+    return pb_fail(err, "expected bool, got %s", pb_type_name(o));
+  *out = o->via.boolean ? CK_TRUE : CK_FALSE;
+  return PB_OK;
+}
+
+int pb_unpack_bytes(const msgpack_object *o, void **p, CK_ULONG *len, pb_err *err) {
+  if (o->type == MSGPACK_OBJECT_NIL) {
+    *p = NULL;
+    *len = 0;
+    return PB_OK;
+  }
+  if (o->type != MSGPACK_OBJECT_BIN)
+    return pb_fail(err, "expected bin or nil, got %s", pb_type_name(o));
+  *len = o->via.bin.size;
+  *p = o->via.bin.size ? (void *)o->via.bin.ptr : (void *)pb_empty;
+  return PB_OK;
+}
+
+int pb_unpack_fixed(const msgpack_object *o, size_t n, void **p, pb_err *err) {
+  if (o->type != MSGPACK_OBJECT_BIN)
+    return pb_fail(err, "expected bin of %zu bytes, got %s", n, pb_type_name(o));
+  if (o->via.bin.size != n)
+    return pb_fail(err, "expected bin of %zu bytes, got %u bytes", n, (unsigned)o->via.bin.size);
+  *p = n ? (void *)o->via.bin.ptr : (void *)pb_empty;
+  return PB_OK;
+}
+
+int pb_pack_ulong(msgpack_packer *pk, CK_ULONG v) {
+  if (v == CK_UNAVAILABLE_INFORMATION) return msgpack_pack_uint64(pk, UINT64_MAX);
+  return msgpack_pack_uint64(pk, (uint64_t)v);
+}
+
+int pb_pack_bytes(msgpack_packer *pk, const void *p, size_t len) {
+  if (!p) return msgpack_pack_nil(pk);
+  int r = msgpack_pack_bin(pk, len);
+  if (r == 0 && len) r = msgpack_pack_bin_body(pk, p, len);
+  return r;
+}
+
+/* ------------------------------------------------------------------ structs */
+
+static CK_ULONG get_ul(const void *s, size_t off) {
+  CK_ULONG v;
+  memcpy(&v, (const char *)s + off, sizeof v);
+  return v;
+}
+static void set_ul(void *s, size_t off, CK_ULONG v) { memcpy((char *)s + off, &v, sizeof v); }
+static void *get_ptr(const void *s, size_t off) {
+  void *p;
+  memcpy(&p, (const char *)s + off, sizeof p);
+  return p;
+}
+static void set_ptr(void *s, size_t off, void *p) { memcpy((char *)s + off, &p, sizeof p); }
+
+int pb_unpack_struct(const msgpack_object *o, const pb_struct_desc *d, void *s, pb_err *err) {
+  if (o->type != MSGPACK_OBJECT_ARRAY)
+    return pb_fail(err, "%s: expected array of %u fields, got %s", d->name, d->nfields, pb_type_name(o));
+  if (o->via.array.size != d->nfields)
+    return pb_fail(err, "%s: expected %u fields, got %u", d->name, d->nfields, (unsigned)o->via.array.size);
+  for (unsigned i = 0; i < d->nfields; i++) {
+    const pb_field *f = &d->fields[i];
+    const msgpack_object *v = &o->via.array.ptr[i];
+    pb_err sub;
+    int r = PB_OK;
+    switch (f->kind) {
+    case PB_F_ULONG: {
+      CK_ULONG ul;
+      r = pb_unpack_ulong(v, &ul, &sub);
+      if (r == PB_OK) set_ul(s, f->off, ul);
+      break;
+    }
+    case PB_F_BYTES: {
+      void *p;
+      CK_ULONG len;
+      r = pb_unpack_bytes(v, &p, &len, &sub);
+      if (r == PB_OK) {
+        set_ptr(s, f->off, p);
+        set_ul(s, f->off2, len);
+      }
+      break;
+    }
+    case PB_F_FIXED:
+    case PB_F_CHAR: {
+      void *p;
+      r = pb_unpack_fixed(v, f->size, &p, &sub);
+      if (r == PB_OK) memcpy((char *)s + f->off, p, f->size);
+      break;
+    }
+    case PB_F_VERSION: {
+      if (v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size != 2 ||
+          v->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+          v->via.array.ptr[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+          v->via.array.ptr[0].via.u64 > 255 || v->via.array.ptr[1].via.u64 > 255) {
+        r = pb_fail(&sub, "expected [major, minor] (0..255)");
+        break;
+      }
+      CK_VERSION ver = {(CK_BYTE)v->via.array.ptr[0].via.u64, (CK_BYTE)v->via.array.ptr[1].via.u64};
+      memcpy((char *)s + f->off, &ver, sizeof ver);
+      break;
+    }
+    }
+    if (r != PB_OK) return pb_fail(err, "%s field %u (%s): %s", d->name, i + 1, f->name, sub.msg);
+  }
+  return PB_OK;
+}
+
+int pb_pack_struct(msgpack_packer *pk, const pb_struct_desc *d, const void *s) {
+  int r = msgpack_pack_array(pk, d->nfields);
+  for (unsigned i = 0; r == 0 && i < d->nfields; i++) {
+    const pb_field *f = &d->fields[i];
+    switch (f->kind) {
+    case PB_F_ULONG: r = pb_pack_ulong(pk, get_ul(s, f->off)); break;
+    case PB_F_BYTES: r = pb_pack_bytes(pk, get_ptr(s, f->off), get_ul(s, f->off2)); break;
+    case PB_F_FIXED:
+    case PB_F_CHAR: r = pb_pack_bytes(pk, (const char *)s + f->off, f->size); break;
+    case PB_F_VERSION: {
+      CK_VERSION ver;
+      memcpy(&ver, (const char *)s + f->off, sizeof ver);
+      r = msgpack_pack_array(pk, 2);
+      if (r == 0) r = msgpack_pack_uint8(pk, ver.major);
+      if (r == 0) r = msgpack_pack_uint8(pk, ver.minor);
+      break;
+    }
+    }
+  }
+  return r;
+}
+
+/* ------------------------------------------------------------------ mechanism */
+
+int pb_unpack_mechanism(const msgpack_object *o, CK_MECHANISM *m, pb_arena *ar, pb_err *err) {
+  if (o->type != MSGPACK_OBJECT_ARRAY)
+    return pb_fail(err, "expected [type] or [type, parameter], got %s", pb_type_name(o));
+  uint32_t n = o->via.array.size;
+  if (n < 1 || n > 2)
+    return pb_fail(err, "expected [type] or [type, parameter], got array of %u", (unsigned)n);
+  pb_err sub;
+  if (pb_unpack_ulong(&o->via.array.ptr[0], &m->mechanism, &sub) != PB_OK)
+    return pb_fail(err, "mechanism type: %s", sub.msg);
+  m->pParameter = NULL;
+  m->ulParameterLen = 0;
+  if (n == 1) return PB_OK;
+  const msgpack_object *p = &o->via.array.ptr[1];
+  switch (p->type) {
+  case MSGPACK_OBJECT_NIL: return PB_OK;
+  case MSGPACK_OBJECT_BIN: {
+    void *q;
+    CK_ULONG len;
+    pb_unpack_bytes(p, &q, &len, &sub);
+    m->pParameter = q;
+    m->ulParameterLen = len;
+    return PB_OK;
+  }
+  case MSGPACK_OBJECT_POSITIVE_INTEGER: {
+    CK_ULONG *v = pb_arena_alloc(ar, sizeof(CK_ULONG));
+    if (!v) return pb_fail_rv(err, CKR_HOST_MEMORY);
+    if (pb_unpack_ulong(p, v, &sub) != PB_OK) return pb_fail(err, "mechanism parameter: %s", sub.msg);
+    m->pParameter = v;
+    m->ulParameterLen = sizeof(CK_ULONG);
+    return PB_OK;
+  }
+  case MSGPACK_OBJECT_ARRAY: {
+    const pb_struct_desc *d = pb_mech_param_desc(m->mechanism);
+    if (!d) return pb_fail_rv(err, CKR_MECHANISM_PARAM_INVALID);
+    void *s = pb_arena_alloc(ar, d->size);
+    if (!s) return pb_fail_rv(err, CKR_HOST_MEMORY);
+    if (pb_unpack_struct(p, d, s, &sub) != PB_OK) return pb_fail(err, "mechanism parameter %s", sub.msg);
+    m->pParameter = s;
+    m->ulParameterLen = d->size;
+    return PB_OK;
+  }
+  default:
+    return pb_fail(err, "mechanism parameter: expected nil, bin, unsigned int or array, got %s", pb_type_name(p));
+  }
+}
+
+int pb_pack_mechanism(msgpack_packer *pk, const CK_MECHANISM *m) {
+  int r;
+  if (!m->pParameter && m->ulParameterLen == 0) {
+    r = msgpack_pack_array(pk, 1);
+    if (r == 0) r = pb_pack_ulong(pk, m->mechanism);
+    return r;
+  }
+  r = msgpack_pack_array(pk, 2);
+  if (r == 0) r = pb_pack_ulong(pk, m->mechanism);
+  if (r != 0) return r;
+  const pb_struct_desc *d = pb_mech_param_desc(m->mechanism);
+  if (d && m->pParameter && m->ulParameterLen == d->size) return pb_pack_struct(pk, d, m->pParameter);
+  return pb_pack_bytes(pk, m->pParameter ? m->pParameter : pb_empty, m->ulParameterLen);
+}
+
+/* ------------------------------------------------------------------ template */
+
+static int unpack_attrs(const msgpack_object *o, CK_ATTRIBUTE **t, CK_ULONG *n, pb_arena *ar,
+                        pb_err *err, int depth);
+
+static int unpack_value(const msgpack_object *v, CK_ATTRIBUTE *a, pb_arena *ar, pb_err *err, int depth) {
+  pb_err sub;
+  switch (v->type) {
+  case MSGPACK_OBJECT_NIL:
+    a->pValue = NULL;
+    a->ulValueLen = 0;
+    return PB_OK;
+  case MSGPACK_OBJECT_BOOLEAN: {
+    CK_BBOOL *b = pb_arena_alloc(ar, sizeof(CK_BBOOL));
+    if (!b) return pb_fail_rv(err, CKR_HOST_MEMORY);
+    *b = v->via.boolean ? CK_TRUE : CK_FALSE;
+    a->pValue = b;
+    a->ulValueLen = sizeof(CK_BBOOL);
+    return PB_OK;
+  }
+  case MSGPACK_OBJECT_POSITIVE_INTEGER: {
+    CK_ULONG *u = pb_arena_alloc(ar, sizeof(CK_ULONG));
+    if (!u) return pb_fail_rv(err, CKR_HOST_MEMORY);
+    if (pb_unpack_ulong(v, u, &sub) != PB_OK) return pb_fail(err, "%s", sub.msg);
+    a->pValue = u;
+    a->ulValueLen = sizeof(CK_ULONG);
+    return PB_OK;
+  }
+  case MSGPACK_OBJECT_BIN:
+    return pb_unpack_bytes(v, &a->pValue, &a->ulValueLen, err);
+  case MSGPACK_OBJECT_ARRAY: {
+    uint32_t m = v->via.array.size;
+    if (m == 0) {
+      a->pValue = pb_empty;
+      a->ulValueLen = 0;
+      return PB_OK;
+    }
+    if (v->via.array.ptr[0].type == MSGPACK_OBJECT_ARRAY) {
+      if (depth > 0) return pb_fail(err, "templates nest only one level deep");
+      CK_ATTRIBUTE *nt;
+      CK_ULONG nn;
+      int r = unpack_attrs(v, &nt, &nn, ar, err, depth + 1);
+      if (r != PB_OK) return r;
+      a->pValue = nt;
+      a->ulValueLen = nn * sizeof(CK_ATTRIBUTE);
+      return PB_OK;
+    }
+    if (m > PB_MAX_TEMPLATE)
+      return pb_fail(err, "CK_ULONG array of %u elements, limit %u", (unsigned)m, PB_MAX_TEMPLATE);
+    CK_ULONG *u = pb_arena_alloc(ar, (size_t)m * sizeof(CK_ULONG));
+    if (!u) return pb_fail_rv(err, CKR_HOST_MEMORY);
+    for (uint32_t i = 0; i < m; i++) {
+      if (pb_unpack_ulong(&v->via.array.ptr[i], &u[i], &sub) != PB_OK)
+        return pb_fail(err, "array element %u: %s (arrays are nested templates or CK_ULONG arrays)",
+                       (unsigned)i + 1, sub.msg);
+    }
+    a->pValue = u;
+    a->ulValueLen = m * sizeof(CK_ULONG);
+    return PB_OK;
+  }
+  default:
+    return pb_fail(err, "value: expected nil, bool, unsigned int, bin or array, got %s", pb_type_name(v));
+  }
+}
+
+static int unpack_attrs(const msgpack_object *o, CK_ATTRIBUTE **t, CK_ULONG *n, pb_arena *ar,
+                        pb_err *err, int depth) {
+  const char *what = depth ? "nested template" : "template";
+  if (o->type != MSGPACK_OBJECT_ARRAY) return pb_fail(err, "expected array, got %s", pb_type_name(o));
+  uint32_t cnt = o->via.array.size;
+  if (cnt > PB_MAX_TEMPLATE)
+    return pb_fail(err, "%s has %u attributes, limit %u", what, (unsigned)cnt, PB_MAX_TEMPLATE);
+  *t = NULL;
+  *n = 0;
+  if (cnt == 0) return PB_OK;
+  CK_ATTRIBUTE *attrs = pb_arena_alloc(ar, (size_t)cnt * sizeof(CK_ATTRIBUTE));
+  if (!attrs) return pb_fail_rv(err, CKR_HOST_MEMORY);
+  for (uint32_t i = 0; i < cnt; i++) {
+    const msgpack_object *e = &o->via.array.ptr[i];
+    pb_err sub;
+    if (e->type != MSGPACK_OBJECT_ARRAY || e->via.array.size != 2)
+      return pb_fail(err, "%s attribute %u: expected [type, value], got %s", what, (unsigned)i + 1,
+                     e->type == MSGPACK_OBJECT_ARRAY ? "array of other length" : pb_type_name(e));
+    if (pb_unpack_ulong(&e->via.array.ptr[0], &attrs[i].type, &sub) != PB_OK)
+      return pb_fail(err, "%s attribute %u type: %s", what, (unsigned)i + 1, sub.msg);
+    int r = unpack_value(&e->via.array.ptr[1], &attrs[i], ar, &sub, depth);
+    if (r == PB_RV) {
+      *err = sub;
+      return r;
+    }
+    if (r != PB_OK)
+      return pb_fail(err, "%s attribute %u (type 0x%lx): %s", what, (unsigned)i + 1,
+                     (unsigned long)attrs[i].type, sub.msg);
+  }
+  *t = attrs;
+  *n = cnt;
+  return PB_OK;
+}
+
+int pb_unpack_template(const msgpack_object *o, CK_ATTRIBUTE **t, CK_ULONG *n, pb_arena *ar,
+                       pb_err *err) {
+  return unpack_attrs(o, t, n, ar, err, 0);
+}
+
+int pb_pack_attr_value(msgpack_packer *pk, CK_ATTRIBUTE_TYPE type, const void *p, CK_ULONG len, int depth) {
+  if (!p) return msgpack_pack_nil(pk);
+  switch (pb_attr_kind_of(type)) {
+  case PB_AK_ULONG:
+    if (len == sizeof(CK_ULONG)) {
+      CK_ULONG v;
+      memcpy(&v, p, sizeof v);
+      return pb_pack_ulong(pk, v);
+    }
+    break;
+  case PB_AK_BOOL:
+    if (len == sizeof(CK_BBOOL)) return *(const CK_BBOOL *)p ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+    break;
+  case PB_AK_ULONGLIST:
+    if (len % sizeof(CK_ULONG) == 0) {
+      size_t m = len / sizeof(CK_ULONG);
+      int r = msgpack_pack_array(pk, m);
+      for (size_t i = 0; r == 0 && i < m; i++) {
+        CK_ULONG v;
+        memcpy(&v, (const char *)p + i * sizeof v, sizeof v);
+        r = pb_pack_ulong(pk, v);
+      }
+      return r;
+    }
+    break;
+  case PB_AK_TEMPLATE:
+    if (depth == 0 && len % sizeof(CK_ATTRIBUTE) == 0) {
+      size_t m = len / sizeof(CK_ATTRIBUTE);
+      const CK_ATTRIBUTE *t = p;
+      int r = msgpack_pack_array(pk, m);
+      for (size_t i = 0; r == 0 && i < m; i++) {
+        r = msgpack_pack_array(pk, 2);
+        if (r == 0) r = pb_pack_ulong(pk, t[i].type);
+        if (r != 0) break;
+        if (t[i].ulValueLen == CK_UNAVAILABLE_INFORMATION || !t[i].pValue)
+          r = msgpack_pack_nil(pk);
+        else
+          r = pb_pack_attr_value(pk, t[i].type, t[i].pValue, t[i].ulValueLen, depth + 1);
+      }
+      return r;
+    }
+    break;
+  case PB_AK_BYTES:
+    break;
+  }
+  return pb_pack_bytes(pk, p, len);
+}
+
+int pb_pack_template(msgpack_packer *pk, const CK_ATTRIBUTE *t, CK_ULONG n) {
+  int r = msgpack_pack_array(pk, n);
+  for (CK_ULONG i = 0; r == 0 && i < n; i++) {
+    r = msgpack_pack_array(pk, 2);
+    if (r == 0) r = pb_pack_ulong(pk, t[i].type);
+    if (r == 0) r = pb_pack_attr_value(pk, t[i].type, t[i].pValue, t[i].ulValueLen, 0);
+  }
+  return r;
+}
+
+/* ------------------------------------------------------------------ message level */
+
+int pb_prescan(const unsigned char *buf, size_t len, pb_err *err) {
+  size_t pos = 0;
+  uint64_t pending = 1; /* values still to read */
+  while (pending > 0) {
+    if (pos >= len) return pb_fail(err, "truncated MessagePack");
+    unsigned char b = buf[pos++];
+    pending--;
+    uint64_t skip = 0, add = 0;
+    size_t lenbytes = 0;
+    int kind = 0; /* 0 scalar with fixed skip, 1 bin/str (len prefix), 2 ext (len prefix + type), 3 array, 4 map */
+    if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) {
+      /* fixint, nil, bool */
+    } else if (b >= 0x80 && b <= 0x8f) {
+      add = 2u * (b & 0x0f);
+    } else if (b >= 0x90 && b <= 0x9f) {
+      add = b & 0x0f;
+    } else if (b >= 0xa0 && b <= 0xbf) {
+      skip = b & 0x1f;
+    } else {
+      switch (b) {
+      case 0xc4: case 0xd9: kind = 1; lenbytes = 1; break;
+      case 0xc5: case 0xda: kind = 1; lenbytes = 2; break;
+      case 0xc6: case 0xdb: kind = 1; lenbytes = 4; break;
+      case 0xc7: kind = 2; lenbytes = 1; break;
+      case 0xc8: kind = 2; lenbytes = 2; break;
+      case 0xc9: kind = 2; lenbytes = 4; break;
+      case 0xca: skip = 4; break;
+      case 0xcb: skip = 8; break;
+      case 0xcc: case 0xd0: skip = 1; break;
+      case 0xcd: case 0xd1: skip = 2; break;
+      case 0xce: case 0xd2: skip = 4; break;
+      case 0xcf: case 0xd3: skip = 8; break;
+      case 0xd4: skip = 2; break;
+      case 0xd5: skip = 3; break;
+      case 0xd6: skip = 5; break;
+      case 0xd7: skip = 9; break;
+      case 0xd8: skip = 17; break;
+      case 0xdc: kind = 3; lenbytes = 2; break;
+      case 0xdd: kind = 3; lenbytes = 4; break;
+      case 0xde: kind = 4; lenbytes = 2; break;
+      case 0xdf: kind = 4; lenbytes = 4; break;
+      default: return pb_fail(err, "invalid MessagePack byte 0x%02x at offset %zu", b, pos - 1);
+      }
+    }
+    if (lenbytes) {
+      if (len - pos < lenbytes) return pb_fail(err, "truncated MessagePack");
+      uint64_t v = 0;
+      for (size_t i = 0; i < lenbytes; i++) v = (v << 8) | buf[pos + i];
+      pos += lenbytes;
+      if (kind == 1) skip = v;
+      else if (kind == 2) skip = v + 1;
+      else if (kind == 3) add = v;
+      else add = 2 * v;
+    }
+    if (skip > len - pos) return pb_fail(err, "truncated MessagePack");
+    pos += (size_t)skip;
+    pending += add;
+    if (pending > len - pos) return pb_fail(err, "truncated MessagePack (a container declares more elements than bytes remain)");
+  }
+  if (pos != len) return pb_fail(err, "%zu bytes after the MessagePack value", len - pos);
+  return 0;
+}
+
+int pb_pack_error_map(msgpack_packer *pk, CK_RV rv, const char *msg) {
+  size_t ml = strlen(msg);
+  int r = msgpack_pack_map(pk, 2);
+  if (r == 0) r = msgpack_pack_str_with_body(pk, "rv", 2);
+  if (r == 0) r = pb_pack_ulong(pk, rv);
+  if (r == 0) r = msgpack_pack_str_with_body(pk, "message", 7);
+  if (r == 0) r = msgpack_pack_str_with_body(pk, msg, ml);
+  return r;
+}

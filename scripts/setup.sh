@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Idempotent project setup: system packages, npm deps (with native addons), build.
+# Fast when everything is already present. Used by `npm test`, `npm run demo`, `npm run bench`.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+die() { printf 'setup: ERROR: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- apt packages
+APT_PACKAGES=(softhsm2 socat opensc p11-kit libmsgpack-dev zlib1g-dev valgrind make gcc)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  status="$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)"
+  if [[ "$status" != "install ok installed" ]]; then
+    missing+=("$pkg")
+  fi
+done
+
+if ((${#missing[@]} > 0)); then
+  log "missing Debian packages: ${missing[*]}"
+  if [[ "$(id -u)" -eq 0 ]]; then
+    SUDO=()
+  elif command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+  else
+    die "not root and sudo is not available; please install these packages: ${missing[*]}
+       e.g. (as root): apt-get update && apt-get install -y --no-install-recommends ${missing[*]}"
+  fi
+  log "apt-get update"
+  "${SUDO[@]}" apt-get update -qq >&2
+  log "apt-get install ${missing[*]}"
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+else
+  log "Debian packages present"
+fi
+
+# ---------------------------------------------------------------- npm deps
+need_install=0
+if [[ ! -f node_modules/.package-lock.json ]]; then
+  need_install=1
+elif [[ -f package-lock.json && package-lock.json -nt node_modules/.package-lock.json ]]; then
+  need_install=1
+fi
+
+if ((need_install)); then
+  if [[ -f package-lock.json ]]; then
+    log "npm ci"
+    npm ci --no-audit --no-fund >&2
+  else
+    log "npm install (no package-lock.json)"
+    npm install --no-audit --no-fund >&2
+  fi
+else
+  log "node_modules up to date"
+fi
+
+# npm 11 silently skips dependency install scripts unless approved (allowScripts),
+# which leaves native addons unbuilt. Check that they actually load.
+addon_fail=()
+node -e "require('pkcs11js')" >/dev/null 2>&1 || addon_fail+=(pkcs11js)
+node -e "
+  require('serialport');
+  const path = require('path');
+  require('node-gyp-build')(path.dirname(require.resolve('@serialport/bindings-cpp/package.json')));
+" >/dev/null 2>&1 || addon_fail+=(serialport)
+if ((${#addon_fail[@]} > 0)); then
+  die "native addon(s) failed to load: ${addon_fail[*]}.
+       npm 11 skips dependency install scripts unless they are approved in package.json \"allowScripts\"
+       (pkcs11js, @serialport/bindings-cpp, msgpackr-extract, esbuild). Approve them, then run:
+         rm -rf node_modules && npm ci
+       or rebuild in place: npm rebuild ${addon_fail[*]/serialport/@serialport/bindings-cpp}
+       (details: node -e \"require('${addon_fail[0]}')\")"
+fi
+
+# ---------------------------------------------------------------- build
+TSC=node_modules/.bin/tsc
+[[ -x "$TSC" ]] || die "$TSC not found (is typescript installed? try: npm ci)"
+log "tsc -p tsconfig.json"
+"$TSC" -p tsconfig.json
+
+[[ -f native/Makefile ]] || die "native/Makefile not found; cannot build the native executor"
+log "make -C native"
+make -s -C native >&2
+
+log "done"

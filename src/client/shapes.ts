@@ -1,0 +1,202 @@
+// Converts between pkcs11js's JavaScript shapes and the wire values of each
+// kind in the call table. One converter per kind; no per-call code except
+// the few places where pkcs11js's own API bends the C signature (see client.ts).
+import { wireUlong } from '../protocol/msgpack.js';
+import { attributeKind, mechanismParamSpec, STRUCTS, type ArgKind, type FieldSpec, type ResultKind, type StructName, type StructSpec } from '../protocol/table.js';
+import type { Attribute, AttributeResult, Mechanism, Template } from './types.js';
+
+/** CK_ULONG size of this host: what pkcs11js would give for raw attribute values. */
+export const ULONG_SIZE = process.arch === 'ia32' || process.arch === 'arm' ? 4 : 8;
+
+const bad = (what: string, got: unknown): TypeError =>
+  new TypeError(`expected ${what}, got ${got === null ? 'null' : Buffer.isBuffer(got) ? `Buffer(${got.length})` : typeof got}`);
+
+function readHostUlong(b: Buffer): number | bigint {
+  if (b.length === 4) return b.readUInt32LE(0);
+  return wireUlong(b.readBigUInt64LE(0));
+}
+
+export function ulongToHost(v: number | bigint): Buffer {
+  const b = Buffer.alloc(ULONG_SIZE);
+  if (ULONG_SIZE === 4) b.writeUInt32LE(Number(BigInt.asUintN(32, BigInt(v))), 0);
+  else b.writeBigUInt64LE(BigInt.asUintN(64, BigInt(v)), 0);
+  return b;
+}
+
+function ulong(v: unknown): number | bigint {
+  if (typeof v === 'number' && Number.isInteger(v) && v >= 0) return wireUlong(v);
+  if (typeof v === 'bigint' && v >= 0n) return wireUlong(v);
+  throw bad('a non-negative integer', v);
+}
+
+export function handleToWire(v: unknown): number | bigint {
+  if (Buffer.isBuffer(v) && (v.length === 8 || v.length === 4)) return readHostUlong(v);
+  if (typeof v === 'number' || typeof v === 'bigint') return ulong(v);
+  throw bad('a handle (Buffer)', v);
+}
+export const handleFromWire = (v: unknown): Buffer => ulongToHost(v as number | bigint);
+
+function bytes(v: unknown): Buffer | null {
+  if (v === undefined || v === null) return null;
+  if (Buffer.isBuffer(v)) return v;
+  if (v instanceof Uint8Array) return Buffer.from(v);
+  if (typeof v === 'string') return Buffer.from(v, 'utf8');
+  throw bad('a Buffer or string', v);
+}
+
+function label(v: unknown): Buffer {
+  const b = bytes(v ?? '') ?? Buffer.alloc(0);
+  if (b.length > 32) throw new TypeError(`token label is ${b.length} bytes; at most 32`);
+  return Buffer.concat([b, Buffer.alloc(32 - b.length, 0x20)]);
+}
+
+function dateBytes(d: Date): Buffer {
+  const p = (n: number, w: number) => String(n).padStart(w, '0');
+  return Buffer.from(`${p(d.getUTCFullYear(), 4)}${p(d.getUTCMonth() + 1, 2)}${p(d.getUTCDate(), 2)}`, 'ascii');
+}
+
+function attrValueToWire(a: Attribute, depth: number): unknown {
+  const v = a.value;
+  if (v === undefined || v === null) return null;
+  if (typeof v === 'boolean') return v;
+  if (typeof v === 'number' || typeof v === 'bigint') return ulong(v);
+  if (typeof v === 'string') return Buffer.from(v, 'utf8');
+  if (v instanceof Date) return dateBytes(v);
+  if (Buffer.isBuffer(v)) {
+    // Raw host CK_ULONG/CK_BBOOL bytes become typed values, so the server's
+    // word size does not matter.
+    const kind = attributeKind(a.type);
+    if (kind === 'ulong' && (v.length === 8 || v.length === 4)) return readHostUlong(v);
+    if (kind === 'bool' && v.length === 1) return v[0] !== 0;
+    return v;
+  }
+  if (Array.isArray(v)) {
+    if (v.every((x) => typeof x === 'number' || typeof x === 'bigint')) return (v as Array<number | bigint>).map(ulong);
+    if (depth > 0) throw new TypeError('attribute templates nest one level only');
+    return templateToWire(v as Template, depth + 1);
+  }
+  throw bad(`a value for attribute 0x${a.type.toString(16)}`, v);
+}
+
+export function templateToWire(t: unknown, depth = 0): unknown[] {
+  if (!Array.isArray(t)) throw bad('a template (array of { type, value })', t);
+  return t.map((a: Attribute) => {
+    if (!a || typeof a.type !== 'number') throw bad('an attribute { type, value }', a);
+    return [ulong(a.type), attrValueToWire(a, depth)];
+  });
+}
+
+/** Host layout of a pointer-free structure (e.g. CK_AES_CTR_PARAMS given as raw bytes). */
+function parseHostStruct(spec: StructSpec, b: Buffer): unknown[] | undefined {
+  if (spec.fields.some((f) => f.kind === 'bytes')) return undefined;
+  const out: unknown[] = [];
+  let off = 0;
+  for (const f of spec.fields) {
+    if (f.kind === 'ulong') {
+      off = Math.ceil(off / ULONG_SIZE) * ULONG_SIZE;
+      if (off + ULONG_SIZE > b.length) return undefined;
+      out.push(readHostUlong(b.subarray(off, off + ULONG_SIZE)));
+      off += ULONG_SIZE;
+    } else {
+      const n = fixedSize(f);
+      if (off + n > b.length) return undefined;
+      out.push(b.subarray(off, off + n));
+      off += n;
+    }
+  }
+  return Math.ceil(off / ULONG_SIZE) * ULONG_SIZE === b.length ? out : undefined;
+}
+
+const fixedSize = (f: FieldSpec): number => (f.kind === 'fixed8' ? 8 : f.kind === 'fixed16' ? 16 : Number(f.kind.slice(4)));
+
+export function mechanismToWire(m: unknown): unknown[] {
+  if (!m || typeof m !== 'object' || typeof (m as Mechanism).mechanism !== 'number') throw bad('a mechanism { mechanism, parameter }', m);
+  const { mechanism, parameter } = m as Mechanism;
+  const type = ulong(mechanism);
+  if (parameter === undefined || parameter === null) return [type];
+  const spec = mechanismParamSpec(mechanism);
+  if (Buffer.isBuffer(parameter)) {
+    const fields = spec && parseHostStruct(spec, parameter);
+    return [type, fields ?? parameter];
+  }
+  if (typeof parameter === 'number' || typeof parameter === 'bigint') return [type, ulong(parameter)];
+  if (typeof parameter !== 'object') throw bad('a mechanism parameter', parameter);
+  if (!spec) throw new TypeError(`no parameter structure is known for mechanism 0x${mechanism.toString(16)}; pass the parameter as a Buffer`);
+  return [type, spec.fields.map((f) => {
+    const v = (parameter as Record<string, unknown>)[f.name];
+    if (f.kind === 'ulong') return v === undefined ? 0 : ulong(v);
+    if (f.kind === 'bytes') return bytes(v);
+    const b = bytes(v);
+    if (!b || b.length !== fixedSize(f)) throw new TypeError(`${spec.ctype}.${f.name}: expected ${fixedSize(f)} bytes`);
+    return b;
+  })];
+}
+
+/** A pkcs11js-style argument as the wire value of its kind. */
+export function argToWire(kind: ArgKind, v: unknown): unknown {
+  switch (kind) {
+    case 'ulong': return ulong(v);
+    case 'slot': case 'session': return handleToWire(v);
+    case 'object': return v === undefined ? 0 : handleToWire(v);
+    case 'bool': return v === undefined ? false : Boolean(v);
+    case 'bytes': return bytes(v);
+    case 'label': return label(v);
+    case 'mechanism': return mechanismToWire(v);
+    case 'template': return templateToWire(v);
+    case 'attrquery': return templateToWire(v).map((a) => [(a as unknown[])[0], true]);
+    case 'outbytes': case 'outfixed':
+      if (!Buffer.isBuffer(v)) throw bad('an output Buffer', v);
+      return v.length;
+    case 'outlist': return true;
+  }
+}
+
+function structFromWire(spec: StructSpec, v: unknown[]): Record<string, unknown> {
+  const o: Record<string, unknown> = {};
+  spec.fields.forEach((f, i) => {
+    const x = v[i];
+    if (f.kind === 'version') {
+      const [major, minor] = x as number[];
+      o[f.name] = { major, minor };
+    } else if (f.kind === 'ulong') {
+      // pkcs11js reports these CK_ULONG fields as 32-bit numbers.
+      o[f.name] = f.name === 'slotID' ? handleFromWire(x) : Number(BigInt.asUintN(32, BigInt(x as number | bigint)));
+    } else {
+      const b = x as Buffer;
+      // pkcs11js reads utcTime up to its first NUL and every other text field whole.
+      o[f.name] = (f.name === 'utcTime' ? b.subarray(0, b.indexOf(0) === -1 ? b.length : b.indexOf(0)) : b).toString('utf8');
+    }
+  });
+  return o;
+}
+
+/** A typed attribute value from the wire as the raw bytes pkcs11js returns. */
+export function attrValueToHost(type: number, v: unknown): AttributeResult {
+  if (typeof v === 'boolean') return { type, value: Buffer.from([v ? 1 : 0]) };
+  if (typeof v === 'number' || typeof v === 'bigint') return { type, value: ulongToHost(v) };
+  if (Buffer.isBuffer(v)) return { type, value: v };
+  if (Array.isArray(v)) {
+    if (v.every((x) => !Array.isArray(x))) return { type, value: Buffer.concat(v.map((x) => ulongToHost(x as number))) };
+    return { type, value: Buffer.alloc(0), template: v.map(([t, x]: [number, unknown]) => attrValueToHost(t, x)) };
+  }
+  return { type, value: Buffer.alloc(0) };
+}
+
+/** A wire result as pkcs11js would return it; `arg` is the caller's argument of the paired output. */
+export function resultFromWire(kind: ResultKind, v: unknown, arg?: unknown): unknown {
+  switch (kind) {
+    case 'ulong': return Number(v);
+    case 'slot': case 'session': case 'object': return handleFromWire(v);
+    case 'objectlist': return (v as Array<number | bigint>).map(handleFromWire);
+    case 'outlist': return (v as Array<number | bigint>).map(Number);
+    case 'outbytes': case 'outfixed': {
+      const out = arg as Buffer;
+      const data = v as Buffer;
+      if (data.length > out.length) throw new RangeError(`server returned ${data.length} bytes for a ${out.length}-byte buffer`);
+      data.copy(out);
+      return out.subarray(0, data.length);
+    }
+    case 'attrvalues': return v;
+    default: return structFromWire(STRUCTS[kind as StructName], v as unknown[]);
+  }
+}

@@ -1,0 +1,36 @@
+// HELLO / HELLO_OK / ERROR payloads (PROTOCOL.md section 4), validated on
+// receipt because they come off the line.
+import { z } from 'zod';
+
+export const SUPPORTED_VERSIONS: readonly [number, number] = [1, 1];
+
+export const helloSchema = z.object({
+  versions: z.tuple([z.number().int().min(0), z.number().int().min(0)]),
+  maxPayload: z.number().int().positive(),
+  client: z.string().max(200).optional(),
+});
+export type Hello = z.infer<typeof helloSchema>;
+
+export const helloOkSchema = z.object({
+  version: z.number().int(),
+  maxPayload: z.number().int().positive(),
+  server: z.string().max(200),
+  module: z.object({
+    info: z.array(z.unknown()),
+    functions: z.array(z.number().int()),
+  }),
+});
+export type HelloOk = z.infer<typeof helloOkSchema>;
+
+export const errorSchema = z.object({
+  rv: z.number().int().min(0),
+  message: z.string().max(4096),
+});
+export type ErrorPayload = z.infer<typeof errorSchema>;
+
+/** The highest version in both inclusive ranges, or undefined. */
+export function negotiateVersion(ours: readonly [number, number], theirs: readonly [number, number]): number | undefined {
+  const hi = Math.min(ours[1], theirs[1]);
+  const lo = Math.max(ours[0], theirs[0]);
+  return hi >= lo ? hi : undefined;
+}

@@ -1,0 +1,67 @@
+// One guest app's connection: its executor (its own PKCS#11 application),
+// the copy of its last response for repeated requests, and BUSY signals
+// while a call runs long.
+import { encodeFrame, FrameType } from '../protocol/frame.js';
+import { pack, peekFirstUint } from '../protocol/msgpack.js';
+import { callById, rvName } from '../protocol/table.js';
+import type { Logger } from '../log.js';
+import type { Executor } from './executor.js';
+
+export const BUSY_INTERVAL_MS = 1000;
+
+export class Connection {
+  private lastReq = 0;
+  private lastResponse: Buffer | undefined;
+  private readonly inflight = new Set<number>();
+  lastSeen = Date.now();
+  calls = 0;
+
+  constructor(
+    readonly id: number,
+    readonly portPath: string,
+    readonly executor: Executor,
+    readonly maxPayload: number,
+    private readonly send: (frame: Buffer) => void,
+    private readonly log: Logger,
+  ) {}
+
+  get idle(): boolean {
+    return this.inflight.size === 0;
+  }
+
+  async handleCall(req: number, payload: Buffer): Promise<void> {
+    this.lastSeen = Date.now();
+    if (req === this.lastReq && this.lastResponse) {
+      // A retry of a request that was answered: answer again, never rerun.
+      this.send(this.lastResponse);
+      return;
+    }
+    if (this.inflight.has(req)) return; // a retry of one still running
+    this.inflight.add(req);
+    const id = peekFirstUint(payload);
+    const name = (id !== undefined && callById(id)?.name) || `call ${id}`;
+    const started = process.hrtime.bigint();
+    const busy = setInterval(() => this.send(encodeFrame(FrameType.Busy, this.id, req)), BUSY_INTERVAL_MS);
+    try {
+      const reply = await this.executor.call(payload);
+      let frame: Buffer;
+      const ms = Number(process.hrtime.bigint() - started) / 1e6;
+      if (reply.ok) {
+        frame = encodeFrame(FrameType.Result, this.id, req, reply.payload);
+        const rv = peekFirstUint(reply.payload);
+        this.log.debug({ conn: this.id, req, fn: name, rv: rv === undefined ? undefined : rvName(rv), ms }, 'call');
+      } else {
+        frame = encodeFrame(FrameType.Error, this.id, req, pack({ rv: reply.rv, message: reply.message }));
+        this.log.warn({ conn: this.id, req, fn: name, rv: rvName(reply.rv), err: reply.message, ms }, 'call refused');
+      }
+      this.calls++;
+      this.lastReq = req;
+      this.lastResponse = frame;
+      this.send(frame);
+    } finally {
+      clearInterval(busy);
+      this.inflight.delete(req);
+      this.lastSeen = Date.now();
+    }
+  }
+}
