@@ -238,8 +238,11 @@ static int prepare_results(req *q) {
     const pb_param *p = &q->call->res[i];
     pb_slot *s = &q->a[p->slot];
     if (p->kind == PB_K_OBJECTLIST) {
-      CK_ULONG max = q->a[p->aux].ul;
-      if (max > PB_MAX_FIND) max = PB_MAX_FIND;
+      /* clamp: at most 65536 handles, and no more than fit the payload
+       * limit at 9 bytes (the largest MessagePack uint) per handle */
+      CK_ULONG max = q->a[p->aux].ul, lim = (CK_ULONG)((g_max_payload - 16) / 9);
+      if (lim > PB_MAX_FIND) lim = PB_MAX_FIND;
+      if (max > lim) max = lim;
       q->a[p->aux].ul = max;
       s->cap = max;
       s->count = 0;

@@ -1,0 +1,105 @@
+// The payload codec and the pkcs11js shape conversions, driven by the table.
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { decodeCall, decodeResult, encodeCall, encodeResult, ProtocolError } from '../../src/protocol/codec.js';
+import { pack, peekFirstUint } from '../../src/protocol/msgpack.js';
+import { callByName, CALLS, RV } from '../../src/protocol/table.js';
+import { argToWire, attrValueToHost, mechanismToWire, resultFromWire, templateToWire } from '../../src/client/shapes.js';
+import { Pkcs11Client } from '../../src/client/client.js';
+
+const sign = callByName('C_Sign');
+
+describe('call codec', () => {
+  it('round-trips a call and names the argument a bad value is in', () => {
+    const payload = encodeCall(sign, [3, Buffer.from('abc'), null]);
+    expect(decodeCall(payload)).toMatchObject({ spec: { name: 'C_Sign' }, args: [3, Buffer.from('abc'), null] });
+    expect(() => encodeCall(sign, [3, 'abc', null])).toThrow('C_Sign argument 2 (data): expected bin or nil, got string');
+    expect(() => decodeCall(pack([sign.id, -1, null, null]))).toThrow('argument 1 (session): expected int, got negative int');
+    expect(() => decodeCall(pack([sign.id, 1]))).toThrow('C_Sign takes 3 arguments, got 1');
+    expect(() => decodeCall(pack([250]))).toThrow('unknown call id 250');
+    expect(() => decodeCall(Buffer.from([0xc1]))).toThrow(ProtocolError);
+  });
+
+  it('refuses oversized and too deeply nested templates', () => {
+    const create = callByName('C_CreateObject');
+    const big = Array.from({ length: 1025 }, (_, i) => [i, true]);
+    expect(() => encodeCall(create, [1, big])).toThrow('exceeds 1024');
+    expect(() => encodeCall(create, [1, [[0x40000211, [[0x40000211, [[1, true]]]]]]])).toThrow('one level');
+  });
+
+  it('sends results only with CKR_OK or the call\'s partial codes', () => {
+    expect(decodeResult(sign, encodeResult(sign, RV.CKR_OK!, [Buffer.from('sig')]))).toEqual({ rv: 0, results: [Buffer.from('sig')] });
+    expect(decodeResult(sign, encodeResult(sign, RV.CKR_BUFFER_TOO_SMALL!, [256]))).toEqual({ rv: RV.CKR_BUFFER_TOO_SMALL, results: [256] });
+    expect(decodeResult(sign, encodeResult(sign, RV.CKR_KEY_HANDLE_INVALID!, [1]))).toEqual({ rv: RV.CKR_KEY_HANDLE_INVALID, results: undefined });
+    expect(() => decodeResult(sign, pack([0, 'x']))).toThrow('result 1 (signature)');
+  });
+
+  it('never throws anything but ProtocolError on hostile payloads', () => {
+    fc.assert(fc.property(fc.uint8Array({ maxLength: 200 }), (bytes) => {
+      try {
+        decodeCall(bytes);
+      } catch (e) {
+        expect(e).toBeInstanceOf(ProtocolError);
+      }
+      for (const spec of [sign, callByName('C_GetTokenInfo'), callByName('C_GetAttributeValue')]) {
+        try {
+          decodeResult(spec, bytes);
+        } catch (e) {
+          expect(e).toBeInstanceOf(ProtocolError);
+        }
+      }
+    }));
+  });
+
+  it('reads the call id and rv without decoding the payload', () => {
+    expect(peekFirstUint(encodeCall(sign, [1, null, null]))).toBe(sign.id);
+    expect(peekFirstUint(pack([0x80000001]))).toBe(0x80000001);
+  });
+});
+
+describe('pkcs11js shapes', () => {
+  it('types template values by attribute kind, whatever the host word size', () => {
+    const eight = Buffer.alloc(8);
+    eight.writeBigUInt64LE(4n);
+    expect(templateToWire([
+      { type: 0x0, value: eight }, // CKA_CLASS as raw host bytes
+      { type: 0x1, value: Buffer.from([1]) }, // CKA_TOKEN as raw CK_BBOOL
+      { type: 0x3, value: 'label' },
+      { type: 0x102, value: Buffer.from([1, 2]) },
+      { type: 0x110, value: new Date(Date.UTC(2026, 0, 2)) },
+      { type: 0x40000600, value: [0x1082] },
+      { type: 0x40000211, value: [{ type: 0x104, value: true }] },
+    ])).toEqual([[0, 4], [1, true], [3, Buffer.from('label')], [0x102, Buffer.from([1, 2])], [0x110, Buffer.from('20260102')], [0x40000600, [0x1082]], [0x40000211, [[0x104, true]]]]);
+  });
+
+  it('sends structured mechanism parameters field by field', () => {
+    expect(mechanismToWire({ mechanism: 0x1087, parameter: { type: 0, iv: Buffer.from('iv'), ivBits: 16, aad: undefined, tagBits: 128 } }))
+      .toEqual([0x1087, [Buffer.from('iv'), 16, null, 128]]);
+    const ctr = Buffer.alloc(24);
+    ctr.writeBigUInt64LE(128n);
+    ctr.fill(9, 8);
+    expect(mechanismToWire({ mechanism: 0x1086, parameter: ctr })).toEqual([0x1086, [128, Buffer.alloc(16, 9)]]);
+    expect(mechanismToWire({ mechanism: 0x1082, parameter: Buffer.alloc(16) })).toEqual([0x1082, Buffer.alloc(16)]);
+    expect(() => mechanismToWire({ mechanism: 0x9999, parameter: { type: 1, x: 1 } })).toThrow('no parameter structure');
+  });
+
+  it('pads token labels to 32 bytes and refuses longer ones', () => {
+    expect(argToWire('label', 'tok')).toEqual(Buffer.from('tok'.padEnd(32, ' ')));
+    expect(() => argToWire('label', 'x'.repeat(33))).toThrow('at most 32');
+  });
+
+  it('returns outputs in the caller\'s buffer, as pkcs11js does', () => {
+    const out = Buffer.alloc(8);
+    const r = resultFromWire('outbytes', Buffer.from('abc'), out) as Buffer;
+    expect(r.buffer).toBe(out.buffer);
+    expect(r.toString()).toBe('abc');
+    expect(() => resultFromWire('outbytes', Buffer.alloc(9), out)).toThrow('9 bytes for a 8-byte buffer');
+    expect(attrValueToHost(0, 4).value).toEqual(Buffer.from([4, 0, 0, 0, 0, 0, 0, 0]));
+  });
+
+  it('has a client method for every forwarded call in the table', () => {
+    for (const c of CALLS) {
+      expect(typeof (Pkcs11Client.prototype as unknown as Record<string, unknown>)[c.name]).toBe(c.local ? 'undefined' : 'function');
+    }
+  });
+});
