@@ -95,7 +95,8 @@ const OVERRIDES = {
   C_Finalize: ['NULL_PTR'],
   C_OpenSession: ['{slot}', '{flags}', 'NULL_PTR', 'NULL_PTR', '{session}'],
   C_FindObjects: ['{session}', '$objects.ulp', '{maxObjectCount}', '&$objects.count'],
-  C_WaitForSlotEvent: ['{flags}', '{slot}', 'NULL_PTR'],
+  // Never block the executor (it could not even be finalized): clients poll.
+  C_WaitForSlotEvent: ['$flags.ul | CKF_DONT_BLOCK', '{slot}', 'NULL_PTR'],
 };
 
 const OUTPUT_ARG_KINDS = { outbytes: 'outbytes', outlist: 'outlist', outfixed: 'outfixed', attrquery: 'attrvalues' };
