@@ -9,12 +9,16 @@ export class ProtocolError extends Error {
 }
 
 export function encodeCall(spec: CallSpec, args: readonly unknown[]): Buffer {
+  checkArgs(spec, args);
+  return pack([spec.id, ...args]);
+}
+
+function checkArgs(spec: CallSpec, args: readonly unknown[]): void {
   checkArity(spec, 'argument', spec.args.length, args.length);
   spec.args.forEach((p, i) => {
     const err = checkArg(p.kind, args[i]);
     if (err) throw new ProtocolError(`${spec.name} argument ${i + 1} (${p.name}): ${err}`);
   });
-  return pack([spec.id, ...args]);
 }
 
 export function decodeCall(payload: Uint8Array): { spec: CallSpec; args: unknown[] } {
@@ -23,11 +27,7 @@ export function decodeCall(payload: Uint8Array): { spec: CallSpec; args: unknown
   const spec = typeof v[0] === 'number' ? callById(v[0]) : undefined;
   if (!spec) throw new ProtocolError(`unknown call id ${String(v[0])}`);
   const args = v.slice(1);
-  checkArity(spec, 'argument', spec.args.length, args.length);
-  spec.args.forEach((p, i) => {
-    const err = checkArg(p.kind, args[i]);
-    if (err) throw new ProtocolError(`${spec.name} argument ${i + 1} (${p.name}): ${err}`);
-  });
+  checkArgs(spec, args);
   return { spec, args };
 }
 

@@ -3,6 +3,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { trackChild } from './children.js';
 
 /** Repository root (this file is test/helpers/daemon.ts). */
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -57,21 +58,6 @@ export interface Daemon {
   stop(signal?: NodeJS.Signals): Promise<DaemonExit>;
 }
 
-const live = new Set<ChildProcess>();
-let exitHookInstalled = false;
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.once('exit', () => {
-    for (const p of live) {
-      try {
-        p.kill('SIGKILL');
-      } catch {
-        /* ignore */
-      }
-    }
-  });
-}
 
 function parseJson(line: string): Record<string, unknown> | undefined {
   const t = line.trim();
@@ -94,8 +80,7 @@ export async function startDaemon(opts: StartDaemonOptions): Promise<Daemon> {
     env: { ...process.env, ...(opts.env ?? {}) },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  live.add(proc);
-  installExitHook();
+  trackChild(proc);
 
   const all: DaemonLogLine[] = [];
   const waiters = new Set<{ pred: (r: Record<string, unknown>) => boolean; resolve: (r: Record<string, unknown>) => void }>();
@@ -119,7 +104,6 @@ export async function startDaemon(opts: StartDaemonOptions): Promise<Daemon> {
   const exitPromise = new Promise<DaemonExit>((resolve) => {
     proc.once('exit', (code, signal) => {
       exitInfo = { code, signal };
-      live.delete(proc);
       // let readline deliver the last buffered lines first
       setImmediate(() => resolve(exitInfo!));
     });
@@ -127,7 +111,6 @@ export async function startDaemon(opts: StartDaemonOptions): Promise<Daemon> {
       spawnError = err;
       if (proc.pid === undefined) {
         exitInfo = { code: null, signal: null };
-        live.delete(proc);
         resolve(exitInfo);
       }
     });

@@ -4,6 +4,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { trackChild } from './children.js';
 
 const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 /** The guest fixture script. */
@@ -102,21 +103,6 @@ export function decodeValue(v: unknown): any {
   return v;
 }
 
-const live = new Set<ChildProcess>();
-let exitHookInstalled = false;
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.once('exit', () => {
-    for (const p of live) {
-      try {
-        p.kill('SIGKILL');
-      } catch {
-        /* ignore */
-      }
-    }
-  });
-}
 
 export async function startGuest(opts: StartGuestOptions): Promise<Guest> {
   const timeoutMs = opts.timeoutMs ?? 55_000;
@@ -134,8 +120,7 @@ export async function startGuest(opts: StartGuestOptions): Promise<Guest> {
     env,
     stdio: ['pipe', 'pipe', 'pipe'],
   });
-  live.add(proc);
-  installExitHook();
+  trackChild(proc);
 
   let stderr = '';
   let stdout = '';
@@ -187,7 +172,6 @@ export async function startGuest(opts: StartGuestOptions): Promise<Guest> {
     const finish = (info: GuestExit) => {
       if (exitInfo && exitInfo !== info) return;
       exitInfo = info;
-      live.delete(proc);
       // let stdout/stderr drain before failing pending calls
       setTimeout(() => {
         for (const [id, p] of pending) {
