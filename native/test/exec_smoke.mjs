@@ -395,7 +395,7 @@ async function main() {
     const bad = spawn(EXEC, ['--module', join(dir, 'nonexistent.so')], { stdio: ['pipe', 'pipe', 'pipe'] });
     let err = '';
     bad.stderr.on('data', (d) => { err += d; });
-    const code = await new Promise((res) => bad.on('exit', res));
+    const code = await new Promise((res) => bad.on('close', res));
     eq(code, 1, 'exit 1 for a module that does not load');
     ok(/cannot load module/.test(err), `stderr names the problem: ${err}`);
   }
