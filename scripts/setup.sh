@@ -46,13 +46,12 @@ elif [[ -f package-lock.json && package-lock.json -nt node_modules/.package-lock
 fi
 
 if ((need_install)); then
-  if [[ -f package-lock.json ]]; then
-    log "npm ci"
-    npm ci --no-audit --no-fund >&2
-  else
-    log "npm install (no package-lock.json)"
-    npm install --no-audit --no-fund >&2
-  fi
+  # npm install, not npm ci: the registry this runs against may lack the
+  # other platforms' optional packages (esbuild, rollup, msgpackr-extract
+  # builds), which then never reach package-lock.json, and npm ci refuses a
+  # lock without them. npm install still takes the locked versions.
+  log "npm install"
+  npm install --no-audit --no-fund >&2
 else
   log "node_modules up to date"
 fi
@@ -70,14 +69,14 @@ if ((${#addon_fail[@]} > 0)); then
   die "native addon(s) failed to load: ${addon_fail[*]}.
        npm 11 skips dependency install scripts unless they are approved in package.json \"allowScripts\"
        (pkcs11js, @serialport/bindings-cpp, msgpackr-extract, esbuild). Approve them, then run:
-         rm -rf node_modules && npm ci
+         rm -rf node_modules && npm install
        or rebuild in place: npm rebuild ${addon_fail[*]/serialport/@serialport/bindings-cpp}
        (details: node -e \"require('${addon_fail[0]}')\")"
 fi
 
 # ---------------------------------------------------------------- build
 TSC=node_modules/.bin/tsc
-[[ -x "$TSC" ]] || die "$TSC not found (is typescript installed? try: npm ci)"
+[[ -x "$TSC" ]] || die "$TSC not found (is typescript installed? try: npm install)"
 log "tsc -p tsconfig.json"
 "$TSC" -p tsconfig.json
 

@@ -151,6 +151,11 @@ export function argToWire(kind: ArgKind, v: unknown): unknown {
   }
 }
 
+// pkcs11js gives CK_ULONG results as 32-bit numbers, except the token's
+// memory counters, which it gives as BigInt; we return the same values.
+const BIGINT_FIELDS = new Set(['totalPublicMemory', 'freePublicMemory', 'totalPrivateMemory', 'freePrivateMemory']);
+const uint32 = (v: number | bigint): number => Number(BigInt.asUintN(32, BigInt(v)));
+
 function structFromWire(spec: StructSpec, v: unknown[]): Record<string, unknown> {
   const o: Record<string, unknown> = {};
   spec.fields.forEach((f, i) => {
@@ -159,8 +164,8 @@ function structFromWire(spec: StructSpec, v: unknown[]): Record<string, unknown>
       const [major, minor] = x as number[];
       o[f.name] = { major, minor };
     } else if (f.kind === 'ulong') {
-      // pkcs11js reports these CK_ULONG fields as 32-bit numbers.
-      o[f.name] = f.name === 'slotID' ? handleFromWire(x) : Number(BigInt.asUintN(32, BigInt(x as number | bigint)));
+      const v = x as number | bigint;
+      o[f.name] = f.name === 'slotID' ? handleFromWire(v) : BIGINT_FIELDS.has(f.name) ? BigInt(v) : uint32(v);
     } else {
       const b = x as Buffer;
       // pkcs11js reads utcTime up to its first NUL and every other text field whole.
@@ -185,7 +190,7 @@ export function attrValueToHost(type: number, v: unknown): AttributeResult {
 /** A wire result as pkcs11js would return it; `arg` is the caller's argument of the paired output. */
 export function resultFromWire(kind: ResultKind, v: unknown, arg?: unknown): unknown {
   switch (kind) {
-    case 'ulong': return Number(v);
+    case 'ulong': return uint32(v as number | bigint);
     case 'slot': case 'session': case 'object': return handleFromWire(v);
     case 'objectlist': return (v as Array<number | bigint>).map(handleFromWire);
     case 'outlist': return (v as Array<number | bigint>).map(Number);

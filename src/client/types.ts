@@ -9,8 +9,8 @@ export interface SlotInfo { slotDescription: string; manufacturerID: string; fla
 export interface TokenInfo {
   label: string; manufacturerID: string; model: string; serialNumber: string; flags: number;
   maxSessionCount: number; sessionCount: number; maxRwSessionCount: number; rwSessionCount: number;
-  maxPinLen: number; minPinLen: number; totalPublicMemory: number; freePublicMemory: number;
-  totalPrivateMemory: number; freePrivateMemory: number; hardwareVersion: Version; firmwareVersion: Version; utcTime: string;
+  maxPinLen: number; minPinLen: number; totalPublicMemory: bigint; freePublicMemory: bigint;
+  totalPrivateMemory: bigint; freePrivateMemory: bigint; hardwareVersion: Version; firmwareVersion: Version; utcTime: string;
 }
 export interface SessionInfo { slotID: Handle; state: number; flags: number; deviceError: number }
 export interface MechanismInfo { minKeySize: number; maxKeySize: number; flags: number }

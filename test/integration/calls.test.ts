@@ -91,16 +91,13 @@ const CKZ_DATA_SPECIFIED = 1;
 const CKD_NULL = 1;
 
 const CKR_OK = 0;
-const CKR_ARGUMENTS_BAD = 0x7;
 const CKR_ATTRIBUTE_SENSITIVE = 0x11;
 const CKR_ATTRIBUTE_TYPE_INVALID = 0x12;
-const CKR_FUNCTION_NOT_SUPPORTED = 0x54;
 const CKR_OBJECT_HANDLE_INVALID = 0x82;
 const CKR_OPERATION_NOT_INITIALIZED = 0x91;
 const CKR_PIN_INCORRECT = 0xa0;
 const CKR_SESSION_HANDLE_INVALID = 0xb3;
 const CKR_SIGNATURE_INVALID = 0xc0;
-const CKR_USER_NOT_LOGGED_IN = 0x101;
 const CKR_BUFFER_TOO_SMALL = 0x150;
 const CKR_CRYPTOKI_NOT_INITIALIZED = 0x190;
 const CKR_CRYPTOKI_ALREADY_INITIALIZED = 0x191;
@@ -1540,10 +1537,9 @@ describe('token administration: C_InitToken, C_InitPIN, C_SetPIN, C_CloseAllSess
 
   it('a malformed raw call never reaches the module', async () => {
     // wrong arity is refused by the client before sending
-    await expect(e.guest.call('call', 'C_GetSlotInfo', [])).rejects.toThrow();
+    await expect(e.guest.call('call', 'C_GetSlotInfo', [])).rejects.toMatchObject({ name: 'TypeError' });
     // the module answers an invalid session handle itself
     expect(await e.raw('C_GetSessionInfo', [0x7fffffff])).toEqual({ rv: drv(() => e.p.C_GetSessionInfo(n2h(0x7fffffff))) });
-    expect(CKR_ARGUMENTS_BAD).toBe(7);
   });
 });
 
