@@ -2,7 +2,7 @@
 // kind in the call table. One converter per kind; no per-call code except
 // the few places where pkcs11js's own API bends the C signature (see client.ts).
 import { wireUlong } from '../protocol/msgpack.js';
-import { attributeKind, mechanismParamSpec, STRUCTS, type ArgKind, type FieldSpec, type ResultKind, type StructName, type StructSpec } from '../protocol/table.js';
+import { attributeKind, mechanismParamSpec, mechanismTakesUlong, STRUCTS, type ArgKind, type FieldSpec, type ResultKind, type StructName, type StructSpec } from '../protocol/table.js';
 import type { Attribute, AttributeResult, Mechanism, Template } from './types.js';
 
 /** CK_ULONG size of this host: what pkcs11js would give for raw attribute values. */
@@ -116,6 +116,7 @@ export function mechanismToWire(m: unknown): unknown[] {
   if (parameter === undefined || parameter === null) return [type];
   const spec = mechanismParamSpec(mechanism);
   if (Buffer.isBuffer(parameter)) {
+    if (mechanismTakesUlong(mechanism) && parameter.length === ULONG_SIZE) return [type, readHostUlong(parameter)];
     const fields = spec && parseHostStruct(spec, parameter);
     return [type, fields ?? parameter];
   }

@@ -96,15 +96,19 @@ export const PARAM_KINDS: ReadonlyMap<string, StructSpec> = new Map(
 );
 
 const mechParam = new Map<number, StructSpec>();
+const ulongParam = new Set<number>();
 for (const m of Object.values(raw.mechanisms)) {
   const spec = PARAM_KINDS.get(m.param);
   if (!spec) throw new Error(`protocol.json: unknown param kind ${m.param}`);
-  mechParam.set(m.value, spec);
+  if (m.param === 'ULONG') ulongParam.add(m.value);
+  else mechParam.set(m.value, spec);
 }
 /** The structured parameter a mechanism takes, if the table knows one. */
 export function mechanismParamSpec(mechanism: number): StructSpec | undefined {
   return mechParam.get(mechanism);
 }
+/** Whether a mechanism's parameter is one CK_ULONG (it travels as an integer). */
+export const mechanismTakesUlong = (mechanism: number): boolean => ulongParam.has(mechanism);
 
 const attrKinds = new Map<number, AttrKind>();
 for (const a of Object.values(raw.attributes)) attrKinds.set(a.value, a.kind as AttrKind);

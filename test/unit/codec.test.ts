@@ -80,6 +80,9 @@ describe('pkcs11js shapes', () => {
     ctr.fill(9, 8);
     expect(mechanismToWire({ mechanism: 0x1086, parameter: ctr })).toEqual([0x1086, [128, Buffer.alloc(16, 9)]]);
     expect(mechanismToWire({ mechanism: 0x1082, parameter: Buffer.alloc(16) })).toEqual([0x1082, Buffer.alloc(16)]);
+    // CKM_SHA256_HMAC_GENERAL: a CK_ULONG parameter, from host bytes or a number.
+    expect(mechanismToWire({ mechanism: 0x252, parameter: Buffer.from([16, 0, 0, 0, 0, 0, 0, 0]) })).toEqual([0x252, 16]);
+    expect(mechanismToWire({ mechanism: 0x252, parameter: 16 })).toEqual([0x252, 16]);
     expect(() => mechanismToWire({ mechanism: 0x9999, parameter: { type: 1, x: 1 } })).toThrow('no parameter structure');
   });
 
