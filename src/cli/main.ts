@@ -16,6 +16,11 @@ const positiveInt = (v: string): number => {
   if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`expected a positive integer, got '${v}'`);
   return n;
 };
+const positiveNumber = (v: string): number => {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`expected a positive number, got '${v}'`);
+  return n;
+};
 const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
 
 const program = new Command('p11bridge').version(VERSION).description('PKCS#11 over serial lines between VMs');
@@ -27,14 +32,19 @@ program
   .option('--port <device>', 'serial port to serve (repeatable); default: those of /dev/ttyS4../dev/ttyS9 that exist', collect)
   .option('--max-payload <bytes>', 'largest message payload accepted', positiveInt, DEFAULT_MAX_PAYLOAD)
   .option('--executor <path>', 'p11bridge-exec binary (default: native/build/p11bridge-exec of this package)')
+  .option('--lease <seconds>', 'close a connection silent this long (app killed, VM rebooted)', positiveNumber, 600)
+  .option('--max-call <seconds>', 'terminate a module instance whose call runs this long', positiveNumber, 600)
   .option('--log-level <level>', 'pino log level', process.env.P11BRIDGE_LOG_LEVEL ?? 'info')
-  .action(async (o: { module: string; port?: string[]; maxPayload: number; executor?: string; logLevel: string }) => {
+  .action(async (o: { module: string; port?: string[]; maxPayload: number; executor?: string; logLevel: string; lease: number; maxCall: number }) => {
     const log = createLogger(o.logLevel);
     if (!existsSync(o.module)) fail(`PKCS#11 module ${o.module} does not exist`);
     const ports = o.port ?? DEFAULT_PORTS.filter((p) => existsSync(p));
     let daemon: Daemon;
     try {
-      daemon = await Daemon.start({ module: o.module, ports, maxPayload: o.maxPayload, executor: o.executor, log });
+      daemon = await Daemon.start({
+        module: o.module, ports, maxPayload: o.maxPayload, executor: o.executor, log,
+        leaseMs: o.lease * 1000, maxCallMs: o.maxCall * 1000,
+      });
     } catch (e) {
       fail((e as Error).message);
     }

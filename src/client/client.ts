@@ -28,6 +28,8 @@ export interface ServerInfo {
   server: string;
   protocolVersion: number;
   maxPayload: number;
+  /** The server closes this connection after this long without a call or PING. */
+  leaseMs: number | undefined;
   connection: number;
   module: ModuleInfo;
   functions: string[];
@@ -43,6 +45,8 @@ export class Pkcs11Client {
   private nextReq = 1;
   private closed = false;
   private readonly supported: ReadonlySet<number>;
+  private lastActivity = Date.now();
+  private readonly keepAlive: NodeJS.Timeout | undefined;
 
   private constructor(
     private readonly channel: PortChannel,
@@ -51,6 +55,27 @@ export class Pkcs11Client {
     private readonly timeoutMs: number,
   ) {
     this.supported = new Set(supported);
+    // An idle app PINGs well within the server's lease, so only apps that
+    // vanished (killed, VM rebooted) lose their connection.
+    const lease = serverInfo.leaseMs;
+    if (lease) {
+      this.keepAlive = setInterval(() => void this.ping(lease / 3), Math.max(50, lease / 3));
+      this.keepAlive.unref();
+    }
+  }
+
+  private async ping(idleMs: number): Promise<void> {
+    if (this.closed || Date.now() - this.lastActivity < idleMs) return;
+    const conn = this.serverInfo.connection;
+    try {
+      await this.channel.mutex.runExclusive(() => {
+        const req = this.takeReq();
+        return this.channel.roundTrip(encodeFrame(FrameType.Ping, conn, req), { conn, req, method: 'ping', timeoutMs: this.timeoutMs });
+      });
+      this.lastActivity = Date.now();
+    } catch {
+      // The next call reports what is wrong.
+    }
   }
 
   static async connect(opts: ConnectOptions = {}): Promise<Pkcs11Client> {
@@ -82,6 +107,7 @@ export class Pkcs11Client {
         server: h.server,
         protocolVersion: h.version,
         maxPayload: h.maxPayload,
+        leaseMs: h.leaseMs,
         connection: reply.conn,
         module: info,
         functions: CALLS.filter((c) => functions.includes(c.id)).map((c) => c.name),
@@ -97,6 +123,7 @@ export class Pkcs11Client {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.keepAlive);
     const req = this.takeReq();
     try {
       await this.channel.mutex.runExclusive(() =>
@@ -129,6 +156,7 @@ export class Pkcs11Client {
       throw new Pkcs11Error(CKR.ARGUMENTS_BAD, name, `request of ${payload.length} bytes exceeds the bridge's limit of ${this.serverInfo.maxPayload} bytes`);
     }
     const conn = this.serverInfo.connection;
+    this.lastActivity = Date.now();
     const reply = await this.channel.mutex.runExclusive(() => {
       const req = this.takeReq();
       return this.channel.roundTrip(encodeFrame(FrameType.Call, conn, req, payload), { conn, req, method: name, timeoutMs: this.timeoutMs });

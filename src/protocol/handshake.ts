@@ -14,6 +14,8 @@ export type Hello = z.infer<typeof helloSchema>;
 export const helloOkSchema = z.object({
   version: z.number().int(),
   maxPayload: z.number().int().positive(),
+  /** The server closes a connection silent for this long; clients PING well within it. */
+  leaseMs: z.number().int().positive().optional(),
   server: z.string().max(200),
   module: z.object({
     info: z.array(z.unknown()),

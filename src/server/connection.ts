@@ -1,6 +1,7 @@
 // One guest app's connection: its executor (its own PKCS#11 application),
-// the copy of its last response for repeated requests, and BUSY signals
-// while a call runs long.
+// the copy of its last response for repeated requests, BUSY signals while a
+// call runs long, and a limit on how long a call may run before the module
+// instance is presumed hung and terminated.
 import { encodeFrame, FrameType } from '../protocol/frame.js';
 import { pack, peekFirstUint } from '../protocol/msgpack.js';
 import { callById, rvName } from '../protocol/table.js';
@@ -23,7 +24,13 @@ export class Connection {
     readonly maxPayload: number,
     private readonly send: (frame: Buffer) => void,
     private readonly log: Logger,
+    private readonly maxCallMs: number = 10 * 60_000,
   ) {}
+
+  /** Keeps an idle connection from expiring (PING, or any call). */
+  touch(): void {
+    this.lastSeen = Date.now();
+  }
 
   get idle(): boolean {
     return this.inflight.size === 0;
@@ -42,6 +49,10 @@ export class Connection {
     const name = (id !== undefined && callById(id)?.name) || `call ${id}`;
     const started = process.hrtime.bigint();
     const busy = setInterval(() => this.send(encodeFrame(FrameType.Busy, this.id, req)), BUSY_INTERVAL_MS);
+    const hung = setTimeout(() => {
+      this.log.error({ conn: this.id, req, fn: name, limitMs: this.maxCallMs }, 'call exceeded the time limit; terminating the module instance');
+      this.executor.kill();
+    }, this.maxCallMs);
     try {
       const reply = await this.executor.call(payload);
       let frame: Buffer;
@@ -60,6 +71,7 @@ export class Connection {
       this.send(frame);
     } finally {
       clearInterval(busy);
+      clearTimeout(hung);
       this.inflight.delete(req);
       this.lastSeen = Date.now();
     }

@@ -22,6 +22,10 @@ export interface DaemonOptions {
   maxPayload?: number;
   executor?: string;
   maxConnectionsPerPort?: number;
+  /** A connection silent for this long (no call, no PING) is closed. Default 10 minutes. */
+  leaseMs?: number;
+  /** A call running longer is presumed hung: its module instance is terminated. Default 10 minutes. */
+  maxCallMs?: number;
   /** Opens a port; tests may pass their own. */
   open?: (path: string) => Promise<ByteLink>;
 }
@@ -32,6 +36,7 @@ export interface ModuleDescription {
 }
 
 const HELLO_REPLAY_MS = 60_000;
+export const DEFAULT_LEASE_MS = 10 * 60_000;
 
 export class Daemon {
   private readonly ports: PortServer[] = [];
@@ -40,10 +45,15 @@ export class Daemon {
   private stopping = false;
   private readonly maxPayload: number;
   private readonly executable: string;
+  private readonly leaseMs: number;
+  private readonly sweeper: NodeJS.Timeout;
 
   private constructor(private readonly opts: DaemonOptions, readonly module: ModuleDescription) {
     this.maxPayload = opts.maxPayload ?? DEFAULT_MAX_PAYLOAD;
     this.executable = opts.executor ?? defaultExecutorPath();
+    this.leaseMs = opts.leaseMs ?? DEFAULT_LEASE_MS;
+    this.sweeper = setInterval(() => this.expireIdle(), Math.min(5000, Math.max(100, this.leaseMs / 4)));
+    this.sweeper.unref();
   }
 
   static async start(opts: DaemonOptions): Promise<Daemon> {
@@ -79,6 +89,7 @@ export class Daemon {
   /** Finishes in-flight calls, finalizes every app's module instance, closes the ports. */
   async stop(graceMs = 10_000): Promise<void> {
     this.stopping = true;
+    clearInterval(this.sweeper);
     const deadline = Date.now() + graceMs;
     while ([...this.conns.values()].some((c) => !c.idle) && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 20));
@@ -95,7 +106,34 @@ export class Daemon {
     hello: (port: PortServer, f: Frame) => void this.onHello(port, f),
     call: (port: PortServer, f: Frame) => this.onCall(port, f),
     bye: (port: PortServer, f: Frame) => void this.onBye(port, f),
+    ping: (port: PortServer, f: Frame) => this.onPing(port, f),
   };
+
+  private onPing(port: PortServer, f: Frame): void {
+    // PING on connection 0 only asks whether the server is there.
+    if (f.conn !== 0) {
+      const conn = this.conns.get(f.conn);
+      if (!conn || conn.portPath !== port.path) return this.unknownConnection(port, f);
+      conn.touch();
+    }
+    port.send(encodeFrame(FrameType.Pong, f.conn, f.req));
+  }
+
+  /** Closes connections whose app went quiet past the lease (killed, VM rebooted). */
+  private expireIdle(): void {
+    const now = Date.now();
+    for (const [id, conn] of this.conns) {
+      if (!conn.idle || now - conn.lastSeen <= this.leaseMs) continue;
+      this.conns.delete(id);
+      this.opts.log.info({ port: conn.portPath, conn: id, idleMs: now - conn.lastSeen, calls: conn.calls }, 'connection expired');
+      void conn.executor.close();
+    }
+  }
+
+  private unknownConnection(port: PortServer, f: Frame): void {
+    port.sendError(f.conn, f.req, CKR.DEVICE_REMOVED,
+      `unknown connection ${f.conn} (the server restarted or the connection was closed or expired); start a new connection`);
+  }
 
   private async onHello(port: PortServer, f: Frame): Promise<void> {
     const log = this.opts.log;
@@ -125,7 +163,7 @@ export class Daemon {
     const id = this.newConnectionId();
     const maxPayload = Math.min(this.maxPayload, hello.maxPayload);
     const executor = new Executor({ executable: this.executable, module: this.opts.module, maxPayload });
-    const conn = new Connection(id, port.path, executor, maxPayload, (frame) => port.send(frame), log);
+    const conn = new Connection(id, port.path, executor, maxPayload, (frame) => port.send(frame), log, this.opts.maxCallMs);
     this.conns.set(id, conn);
     void executor.exited.then(() => {
       if (this.conns.get(id) === conn) {
@@ -136,6 +174,7 @@ export class Daemon {
     const ok: HelloOk = {
       version,
       maxPayload,
+      leaseMs: this.leaseMs,
       server: `p11bridge/${VERSION}`,
       module: { info: this.module.info, functions: this.module.functions },
     };
@@ -147,11 +186,7 @@ export class Daemon {
 
   private onCall(port: PortServer, f: Frame): void {
     const conn = this.conns.get(f.conn);
-    if (!conn || conn.portPath !== port.path) {
-      port.sendError(f.conn, f.req, CKR.DEVICE_REMOVED,
-        `unknown connection ${f.conn} (the server restarted or the connection was closed); start a new connection`);
-      return;
-    }
+    if (!conn || conn.portPath !== port.path) return this.unknownConnection(port, f);
     void conn.handleCall(f.req, f.payload);
   }
 

@@ -12,6 +12,7 @@ export interface PortHandlers {
   hello(port: PortServer, frame: Frame): void;
   call(port: PortServer, frame: Frame): void;
   bye(port: PortServer, frame: Frame): void;
+  ping(port: PortServer, frame: Frame): void;
 }
 
 export interface PortStats {
@@ -83,7 +84,7 @@ export class PortServer {
       case FrameType.Bye:
         return this.handlers.bye(this, f);
       case FrameType.Ping:
-        return this.send(encodeFrame(FrameType.Pong, f.conn, f.req));
+        return this.handlers.ping(this, f);
       default:
         this.sendError(f.conn, f.req, CKR.DEVICE_ERROR, `unknown frame type 0x${f.type.toString(16)}`);
     }
