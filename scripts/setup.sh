@@ -83,5 +83,6 @@ log "tsc -p tsconfig.json"
 [[ -f native/Makefile ]] || die "native/Makefile not found; cannot build the native executor"
 log "make -C native"
 make -s -C native >&2
+make -s -C native/addon >&2
 
 log "done"

@@ -280,8 +280,33 @@ int pb_pack_mechanism(msgpack_packer *pk, const CK_MECHANISM *m) {
   if (r == 0) r = pb_pack_ulong(pk, m->mechanism);
   if (r != 0) return r;
   const pb_struct_desc *d = pb_mech_param_desc(m->mechanism);
-  if (d && m->pParameter && m->ulParameterLen == d->size) return pb_pack_struct(pk, d, m->pParameter);
+  if (d && m->pParameter && m->ulParameterLen == d->size) {
+    if (d->nfields == 0 && d->size == sizeof(CK_ULONG)) { /* kind ULONG: an integer, never host bytes */
+      CK_ULONG v;
+      memcpy(&v, m->pParameter, sizeof v);
+      return pb_pack_ulong(pk, v);
+    }
+    return pb_pack_struct(pk, d, m->pParameter);
+  }
   return pb_pack_bytes(pk, m->pParameter ? m->pParameter : pb_empty, m->ulParameterLen);
+}
+
+CK_RV pb_check_mechanism(const CK_MECHANISM *m, size_t limit) {
+  if (!m) return CKR_ARGUMENTS_BAD;
+  if (!m->pParameter) return m->ulParameterLen ? CKR_ARGUMENTS_BAD : CKR_OK;
+  if (m->ulParameterLen > limit) return CKR_ARGUMENTS_BAD;
+  const pb_struct_desc *d = pb_mech_param_desc(m->mechanism);
+  if (!d) return CKR_OK; /* opaque bytes */
+  if (m->ulParameterLen != d->size) return CKR_MECHANISM_PARAM_INVALID;
+  for (unsigned i = 0; i < d->nfields; i++) {
+    const pb_field *f = &d->fields[i];
+    if (f->kind != PB_F_BYTES) continue;
+    void *p = get_ptr(m->pParameter, f->off);
+    CK_ULONG len = get_ul(m->pParameter, f->off2);
+    if (!p && len) return CKR_MECHANISM_PARAM_INVALID;
+    if (len > limit) return CKR_ARGUMENTS_BAD;
+  }
+  return CKR_OK;
 }
 
 /* ------------------------------------------------------------------ template */
@@ -444,6 +469,205 @@ int pb_pack_template(msgpack_packer *pk, const CK_ATTRIBUTE *t, CK_ULONG n) {
     if (r == 0) r = pb_pack_attr_value(pk, t[i].type, t[i].pValue, t[i].ulValueLen, 0);
   }
   return r;
+}
+
+static CK_RV check_attrs(const CK_ATTRIBUTE *t, CK_ULONG n, size_t limit, int depth) {
+  if (n > PB_MAX_TEMPLATE) return CKR_ARGUMENTS_BAD;
+  if (!t && n) return CKR_ARGUMENTS_BAD;
+  for (CK_ULONG i = 0; i < n; i++) {
+    const CK_ATTRIBUTE *a = &t[i];
+    if (!a->pValue) {
+      if (a->ulValueLen && a->ulValueLen != CK_UNAVAILABLE_INFORMATION) return CKR_ARGUMENTS_BAD;
+      continue;
+    }
+    if (a->ulValueLen > limit) return CKR_ARGUMENTS_BAD;
+    if (depth == 0 && pb_attr_kind_of(a->type) == PB_AK_TEMPLATE && a->ulValueLen % sizeof(CK_ATTRIBUTE) == 0) {
+      CK_RV rv = check_attrs(a->pValue, a->ulValueLen / sizeof(CK_ATTRIBUTE), limit, 1);
+      if (rv != CKR_OK) return rv;
+    }
+  }
+  return CKR_OK;
+}
+
+CK_RV pb_check_template(const CK_ATTRIBUTE *t, CK_ULONG n, size_t limit) {
+  return check_attrs(t, n, limit, 0);
+}
+
+int pb_pack_attrquery(msgpack_packer *pk, const CK_ATTRIBUTE *t, CK_ULONG n) {
+  int r = msgpack_pack_array(pk, n);
+  for (CK_ULONG i = 0; r == 0 && i < n; i++) {
+    r = msgpack_pack_array(pk, 2);
+    if (r == 0) r = pb_pack_ulong(pk, t[i].type);
+    if (r == 0) r = t[i].pValue ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+  }
+  return r;
+}
+
+/* an array whose first element is an array: a nested template */
+static int is_nested(const msgpack_object *v) {
+  return v->type == MSGPACK_OBJECT_ARRAY && v->via.array.size > 0 &&
+         v->via.array.ptr[0].type == MSGPACK_OBJECT_ARRAY;
+}
+
+int pb_attr_value_host_len(const msgpack_object *v, CK_ULONG *len, int depth, pb_err *err) {
+  switch (v->type) {
+  case MSGPACK_OBJECT_BOOLEAN: *len = sizeof(CK_BBOOL); return PB_OK;
+  case MSGPACK_OBJECT_POSITIVE_INTEGER: {
+    CK_ULONG u;
+    if (pb_unpack_ulong(v, &u, err) != PB_OK) return PB_MALFORMED;
+    *len = sizeof(CK_ULONG);
+    return PB_OK;
+  }
+  case MSGPACK_OBJECT_BIN: *len = v->via.bin.size; return PB_OK;
+  case MSGPACK_OBJECT_ARRAY: {
+    uint32_t n = v->via.array.size;
+    if (n > PB_MAX_TEMPLATE) return pb_fail(err, "array of %u elements, limit %u", (unsigned)n, PB_MAX_TEMPLATE);
+    if (is_nested(v)) {
+      if (depth > 0) return pb_fail(err, "templates nest only one level deep");
+      for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *e = &v->via.array.ptr[i];
+        CK_ULONG t, l;
+        if (e->type != MSGPACK_OBJECT_ARRAY || e->via.array.size != 2 ||
+            pb_unpack_ulong(&e->via.array.ptr[0], &t, err) != PB_OK)
+          return pb_fail(err, "nested attribute %u: expected [type, value]", (unsigned)i + 1);
+        if (e->via.array.ptr[1].type != MSGPACK_OBJECT_NIL &&
+            pb_attr_value_host_len(&e->via.array.ptr[1], &l, depth + 1, err) != PB_OK)
+          return PB_MALFORMED;
+      }
+      *len = (CK_ULONG)n * sizeof(CK_ATTRIBUTE);
+      return PB_OK;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+      CK_ULONG u;
+      if (pb_unpack_ulong(&v->via.array.ptr[i], &u, err) != PB_OK) return PB_MALFORMED;
+    }
+    *len = (CK_ULONG)n * sizeof(CK_ULONG);
+    return PB_OK;
+  }
+  default:
+    return pb_fail(err, "expected an attribute value, got %s", pb_type_name(v));
+  }
+}
+
+/* Typed value v into the caller's attribute a (pValue non-NULL, capacity
+ * ulValueLen). Validated by pb_attr_value_host_len first. */
+static int attr_value_to_host(const msgpack_object *v, CK_ATTRIBUTE *a, int depth, int *too_small,
+                              pb_err *err) {
+  CK_ULONG need;
+  if (pb_attr_value_host_len(v, &need, depth, err) != PB_OK) return PB_MALFORMED;
+  if (is_nested(v)) {
+    /* depth 0 only (checked above): fill the caller's CK_ATTRIBUTE array */
+    CK_ULONG cap = a->ulValueLen / sizeof(CK_ATTRIBUTE), n = v->via.array.size;
+    if (n > cap) {
+      a->ulValueLen = CK_UNAVAILABLE_INFORMATION;
+      *too_small = 1;
+      return PB_OK;
+    }
+    CK_ATTRIBUTE *ct = a->pValue;
+    int positional = 1; /* a caller array of NULL values: give it types and lengths */
+    for (CK_ULONG k = 0; k < cap; k++)
+      if (ct[k].pValue) positional = 0;
+    for (CK_ULONG j = 0; j < n; j++) {
+      const msgpack_object *e = &v->via.array.ptr[j];
+      CK_ULONG type;
+      pb_unpack_ulong(&e->via.array.ptr[0], &type, err);
+      const msgpack_object *ev = &e->via.array.ptr[1];
+      CK_ATTRIBUTE *dst = NULL;
+      if (positional) {
+        dst = &ct[j];
+        dst->type = type;
+      } else {
+        for (CK_ULONG k = 0; k < cap && !dst; k++)
+          if (ct[k].type == type) dst = &ct[k];
+        if (!dst) continue; /* best effort: the caller did not ask for it */
+      }
+      if (ev->type == MSGPACK_OBJECT_NIL) {
+        dst->ulValueLen = CK_UNAVAILABLE_INFORMATION;
+      } else if (!dst->pValue) {
+        pb_attr_value_host_len(ev, &dst->ulValueLen, 1, err);
+      } else if (attr_value_to_host(ev, dst, 1, too_small, err) != PB_OK) {
+        return PB_MALFORMED;
+      }
+    }
+    a->ulValueLen = n * sizeof(CK_ATTRIBUTE);
+    return PB_OK;
+  }
+  if (need > a->ulValueLen) {
+    a->ulValueLen = CK_UNAVAILABLE_INFORMATION;
+    *too_small = 1;
+    return PB_OK;
+  }
+  unsigned char *dst = a->pValue;
+  switch (v->type) {
+  case MSGPACK_OBJECT_BOOLEAN: *dst = v->via.boolean ? CK_TRUE : CK_FALSE; break;
+  case MSGPACK_OBJECT_POSITIVE_INTEGER: {
+    CK_ULONG u;
+    pb_unpack_ulong(v, &u, err);
+    memcpy(dst, &u, sizeof u);
+    break;
+  }
+  case MSGPACK_OBJECT_BIN:
+    if (need) memcpy(dst, v->via.bin.ptr, need);
+    break;
+  case MSGPACK_OBJECT_ARRAY:
+    for (uint32_t i = 0; i < v->via.array.size; i++) {
+      CK_ULONG u;
+      pb_unpack_ulong(&v->via.array.ptr[i], &u, err);
+      memcpy(dst + i * sizeof u, &u, sizeof u);
+    }
+    break;
+  default:
+    return pb_fail(err, "unexpected value type %s", pb_type_name(v));
+  }
+  a->ulValueLen = need;
+  return PB_OK;
+}
+
+int pb_unpack_attrvalues(const msgpack_object *o, CK_ATTRIBUTE *t, CK_ULONG n, int *too_small,
+                         pb_err *err) {
+  if (o->type != MSGPACK_OBJECT_ARRAY) return pb_fail(err, "expected array, got %s", pb_type_name(o));
+  if (o->via.array.size != n)
+    return pb_fail(err, "%u values for %lu attributes", (unsigned)o->via.array.size, (unsigned long)n);
+  /* validate everything before writing anything */
+  for (CK_ULONG i = 0; i < n; i++) {
+    const msgpack_object *v = &o->via.array.ptr[i];
+    CK_ULONG l;
+    if (v->type == MSGPACK_OBJECT_NIL) continue;
+    if (!t[i].pValue) {
+      if (pb_unpack_ulong(v, &l, err) != PB_OK)
+        return pb_fail(err, "attribute %lu: expected a length", (unsigned long)i + 1);
+    } else if (pb_attr_value_host_len(v, &l, 0, err) != PB_OK) {
+      return pb_fail(err, "attribute %lu: %.200s", (unsigned long)i + 1, err->msg);
+    }
+  }
+  for (CK_ULONG i = 0; i < n; i++) {
+    const msgpack_object *v = &o->via.array.ptr[i];
+    CK_ATTRIBUTE *a = &t[i];
+    if (v->type == MSGPACK_OBJECT_NIL) {
+      a->ulValueLen = CK_UNAVAILABLE_INFORMATION;
+    } else if (!a->pValue) {
+      CK_ULONG l;
+      pb_unpack_ulong(v, &l, err);
+      size_t unit = 1;
+      switch (pb_attr_kind_of(a->type)) {
+      case PB_AK_ULONG: l = 1; unit = sizeof(CK_ULONG); break; /* this host's sizes */
+      case PB_AK_BOOL: l = 1; unit = sizeof(CK_BBOOL); break;
+      case PB_AK_ULONGLIST: unit = sizeof(CK_ULONG); break;
+      case PB_AK_TEMPLATE: unit = sizeof(CK_ATTRIBUTE); break;
+      case PB_AK_BYTES: break;
+      }
+      if (l == CK_UNAVAILABLE_INFORMATION) {
+        a->ulValueLen = l;
+      } else {
+        if (unit > 1 && l > (CK_UNAVAILABLE_INFORMATION - 1) / unit)
+          return pb_fail(err, "attribute %lu: length %lu out of range", (unsigned long)i + 1, (unsigned long)l);
+        a->ulValueLen = l * unit;
+      }
+    } else if (attr_value_to_host(v, a, 0, too_small, err) != PB_OK) {
+      return PB_MALFORMED;
+    }
+  }
+  return PB_OK;
 }
 
 /* ------------------------------------------------------------------ message level */

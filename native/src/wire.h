@@ -127,6 +127,33 @@ int pb_pack_template(msgpack_packer *pk, const CK_ATTRIBUTE *t, CK_ULONG n);
 int pb_pack_attr_value(msgpack_packer *pk, CK_ATTRIBUTE_TYPE type, const void *p,
                        CK_ULONG len, int depth);
 
+/* ---- client direction (libp11bridge): caller's C values <-> wire ----
+ * Output kinds as the caller hands them over; the call-level walk is in
+ * src/module/marshal.c, the per-kind conversions are here. */
+
+/* A template / mechanism from the caller, checked before it is packed:
+ * CKR_OK, CKR_ARGUMENTS_BAD (NULL with a length, more than PB_MAX_TEMPLATE
+ * attributes, a length beyond limit) or CKR_MECHANISM_PARAM_INVALID (a
+ * structured parameter whose length is not sizeof its structure). */
+CK_RV pb_check_template(const CK_ATTRIBUTE *t, CK_ULONG n, size_t limit);
+CK_RV pb_check_mechanism(const CK_MECHANISM *m, size_t limit);
+
+/* C_GetAttributeValue's query: [[type, pValue != NULL], ...] */
+int pb_pack_attrquery(msgpack_packer *pk, const CK_ATTRIBUTE *t, CK_ULONG n);
+
+/* Host length of a typed attribute value (bool 1, int sizeof(CK_ULONG), bin
+ * n, int array n*sizeof(CK_ULONG), nested template n*sizeof(CK_ATTRIBUTE)). */
+int pb_attr_value_host_len(const msgpack_object *v, CK_ULONG *len, int depth, pb_err *err);
+
+/* C_GetAttributeValue's answer into the caller's template (kinds.attrvalues):
+ * nil -> CK_UNAVAILABLE_INFORMATION; a length (where pValue is NULL) in kind
+ * units -> this host's bytes; a typed value -> host representation, checked
+ * against the caller's capacity (too small: CK_UNAVAILABLE_INFORMATION and
+ * *too_small = 1). Nested templates fill the caller's CK_ATTRIBUTE array,
+ * matched by type. PB_MALFORMED if the answer does not match the query. */
+int pb_unpack_attrvalues(const msgpack_object *o, CK_ATTRIBUTE *t, CK_ULONG n, int *too_small,
+                         pb_err *err);
+
 /* ---- message-level ---- */
 /* Check that buf[0..len) is exactly one well-formed MessagePack value and
  * that no container declares more elements than bytes remain (so msgpack-c

@@ -119,6 +119,11 @@ export class Pkcs11Client {
     }
   }
 
+  /** The serial device this client talks through. */
+  get port(): string {
+    return this.channel.path;
+  }
+
   /** Ends this app's connection: the server finalizes what was left open. */
   async close(): Promise<void> {
     if (this.closed) return;

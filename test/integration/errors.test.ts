@@ -140,7 +140,7 @@ afterAll(async () => {
 
 describe('error paths through the bridge', () => {
   it('uses TEC_COMM_PORT when no port option is given', async () => {
-    const r = await guest.eval('return { env: process.env.TEC_COMM_PORT, path: c.channel.link.path }');
+    const r = await guest.eval('return { env: process.env.TEC_COMM_PORT, path: c.port }');
     expect(r.env).toBe(pty.guestPath);
     expect(r.path).toBe(pty.guestPath);
     await stillWorks();

@@ -1,0 +1,189 @@
+/* transport.c: the serial port (see transport.h). */
+#define _GNU_SOURCE
+#include "transport.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+int pb_port_open(pb_port *p, const char *path, unsigned timeout_ms, size_t max_payload,
+                 char *msg, size_t msglen) {
+  memset(p, 0, sizeof *p);
+  p->fd = -1;
+  p->timeout_ms = timeout_ms;
+  int fd = open(path, O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    snprintf(msg, msglen, "cannot open serial port %s: %s", path, strerror(errno));
+    return -1;
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    snprintf(msg, msglen, "serial port %s is in use by another process (flock: %s)", path, strerror(errno));
+    close(fd);
+    return -1;
+  }
+  struct termios t;
+  if (tcgetattr(fd, &t) == 0) {
+    cfmakeraw(&t);
+    t.c_cflag |= CLOCAL | CREAD;
+    t.c_cflag &= ~(CSTOPB | PARENB | CRTSCTS);
+    t.c_cflag = (t.c_cflag & ~CSIZE) | CS8;
+    t.c_iflag &= ~(IXON | IXOFF | IXANY);
+    t.c_cc[VMIN] = 1;
+    t.c_cc[VTIME] = 0;
+    cfsetispeed(&t, B115200);
+    cfsetospeed(&t, B115200);
+    if (tcsetattr(fd, TCSANOW, &t) != 0) {
+      snprintf(msg, msglen, "cannot configure serial port %s: %s", path, strerror(errno));
+      close(fd);
+      return -1;
+    }
+  } else if (errno != ENOTTY) {
+    snprintf(msg, msglen, "cannot configure serial port %s: %s", path, strerror(errno));
+    close(fd);
+    return -1;
+  }
+  /* bytes a cooked tty buffered before we switched it to raw are stale noise */
+  tcflush(fd, TCIOFLUSH);
+  p->fd = fd;
+  pb_deframer_init(&p->df, max_payload);
+  return 0;
+}
+
+void pb_port_close(pb_port *p) {
+  if (p->fd >= 0) close(p->fd);
+  p->fd = -1;
+  pb_deframer_free(&p->df);
+}
+
+void pb_port_abandon(pb_port *p) {
+  /* The parent's open file description keeps its lock: closing our copy of
+   * the descriptor never releases it (flock locks go with the description,
+   * only LOCK_UN or the last close do), so this cannot disturb the parent. */
+  if (p->fd >= 0) close(p->fd);
+  p->fd = -1;
+  pb_deframer_free(&p->df);
+}
+
+static long long now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+typedef struct {
+  int any_conn;
+  uint32_t conn, req;
+  int got, busy, bad_version;
+  pb_response *resp;
+  int nomem;
+} waiter;
+
+static void on_frame(const pb_frame *f, void *ctx) {
+  waiter *w = ctx;
+  if (!(f->type & 0x80)) return; /* our own request, echoed by a cooked tty */
+  if (f->req != w->req || (!w->any_conn && f->conn != w->conn)) return; /* stray or late */
+  if (w->got) return;
+  if (f->version != PB_FRAME_VERSION) {
+    w->bad_version = (int)f->version;
+    return;
+  }
+  if (f->type == PB_T_BUSY) {
+    w->busy = 1;
+    return;
+  }
+  w->resp->type = f->type;
+  w->resp->conn = f->conn;
+  w->resp->req = f->req;
+  w->resp->len = f->len;
+  w->resp->payload = NULL;
+  if (f->len) {
+    w->resp->payload = malloc(f->len);
+    if (!w->resp->payload) {
+      w->nomem = 1;
+      return;
+    }
+    memcpy(w->resp->payload, f->payload, f->len);
+  }
+  w->got = 1;
+}
+
+int pb_port_roundtrip(pb_port *p, const unsigned char *frame, size_t framelen, int any_conn,
+                      uint32_t conn, uint32_t req, pb_response *resp, char *msg, size_t msglen) {
+  waiter w = {any_conn, conn, req, 0, 0, 0, resp, 0};
+  size_t off = 0;
+  long long deadline = now_ms() + p->timeout_ms;
+  unsigned char buf[16384];
+  for (;;) {
+    if (w.nomem) {
+      snprintf(msg, msglen, "out of memory");
+      return -1;
+    }
+    if (w.bad_version) {
+      snprintf(msg, msglen, "the server answered with frame version %d; this module speaks version %d",
+               w.bad_version, PB_FRAME_VERSION);
+      return -1;
+    }
+    if (w.got) return 0;
+    if (w.busy) { /* the call is still running: restart the silence timer */
+      w.busy = 0;
+      deadline = now_ms() + p->timeout_ms;
+    }
+    long long left = deadline - now_ms();
+    if (left <= 0) {
+      snprintf(msg, msglen, "no answer from the p11bridge server within %u ms (is the daemon running on the other end?)",
+               p->timeout_ms);
+      return -1;
+    }
+    struct pollfd pfd = {p->fd, POLLIN | (off < framelen ? POLLOUT : 0), 0};
+    int r = poll(&pfd, 1, left > 1000 ? 1000 : (int)left);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      snprintf(msg, msglen, "poll: %s", strerror(errno));
+      return -1;
+    }
+    if (r == 0) continue;
+    if (pfd.revents & POLLNVAL) {
+      snprintf(msg, msglen, "serial port descriptor is not open");
+      return -1;
+    }
+    if (pfd.revents & (POLLIN | POLLHUP | POLLERR)) {
+      ssize_t n = read(p->fd, buf, sizeof buf);
+      if (n > 0) {
+        if (pb_deframer_push(&p->df, buf, (size_t)n, on_frame, &w) != 0) w.nomem = 1;
+        continue;
+      }
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+        /* nothing after all */
+      } else if (n < 0 && errno == EIO) {
+        /* a pty whose other side is closed: wait for it to come back (or time out) */
+        struct timespec ts = {0, 50 * 1000000L};
+        nanosleep(&ts, NULL);
+      } else if (n == 0 || n < 0) {
+        snprintf(msg, msglen, "read from serial port: %s", n == 0 ? "end of file" : strerror(errno));
+        return -1;
+      }
+    }
+    if (off < framelen && (pfd.revents & POLLOUT)) {
+      ssize_t n = write(p->fd, frame + off, framelen - off);
+      if (n > 0) {
+        off += (size_t)n;
+        deadline = now_ms() + p->timeout_ms; /* progress */
+      } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
+        if (errno == EIO) {
+          struct timespec ts = {0, 50 * 1000000L};
+          nanosleep(&ts, NULL);
+        } else {
+          snprintf(msg, msglen, "write to serial port: %s", strerror(errno));
+          return -1;
+        }
+      }
+    }
+  }
+}
