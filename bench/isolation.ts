@@ -1,0 +1,104 @@
+// `npm run bench` (second part): what the one-executor-per-app design costs
+// and buys. Memory (PSS) and set-up time per additional guest app, and the
+// fairness ratio: C_GenerateRandom(32) latency on port B while port A runs
+// back-to-back RSA-4096 key generations, against the same with A idle.
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { Pkcs11Client } from '../src/index.js';
+import { createToken, SOFTHSM_MODULE } from '../src/lab/softhsm.js';
+import { createPtyPair } from '../src/lab/pty.js';
+import { spawnDaemon } from '../src/lab/daemon.js';
+import { packageRoot } from '../src/paths.js';
+
+const APPS = 6;
+const N = Number(process.env.BENCH_FAIRNESS ?? 500);
+
+const pssKb = (pid: number) => Number(/^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))![1]);
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+const token = await createToken({ label: 'bench' });
+const ptyA = await createPtyPair();
+const ptyB = await createPtyPair();
+const daemon = await spawnDaemon({ module: SOFTHSM_MODULE, ports: [ptyA.serverPath, ptyB.serverPath], env: token.env });
+delete process.env.SOFTHSM2_CONF;
+
+// Memory and set-up time per app.
+const apps: Pkcs11Client[] = [];
+const setupMs: number[] = [];
+for (let i = 0; i < APPS; i++) {
+  const t0 = performance.now();
+  const c = await Pkcs11Client.connect({ port: ptyB.guestPath });
+  await c.C_Initialize();
+  setupMs.push(performance.now() - t0);
+  const slot = (await c.C_GetSlotList(true))[0]!;
+  const s = await c.C_OpenSession(slot, 6);
+  await c.C_Login(s, 1, token.pin);
+  apps.push(c);
+}
+const executorPids = daemon.output().split('\n').flatMap((l) => {
+  try {
+    const r = JSON.parse(l) as { msg?: string; executorPid?: number };
+    return r.msg === 'connection opened' && r.executorPid ? [r.executorPid] : [];
+  } catch {
+    return [];
+  }
+});
+const pss = executorPids.map(pssKb);
+const daemonPss = pssKb(daemon.proc.pid!);
+
+// Fairness: latency on port B, port A idle vs busy with RSA-4096 key generations.
+const b = apps[0]!;
+const bs = await b.C_OpenSession((await b.C_GetSlotList(true))[0]!, 6);
+async function latencies(): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = 0; i < N; i++) {
+    const t0 = process.hrtime.bigint();
+    await b.C_GenerateRandom(bs, Buffer.alloc(32));
+    out.push(Number(process.hrtime.bigint() - t0) / 1e3);
+  }
+  return out;
+}
+const idle = await latencies();
+const loadScript = `
+  const { Pkcs11Client } = await import(${JSON.stringify(`${packageRoot()}/dist/src/index.js`)});
+  const c = await Pkcs11Client.connect({ port: ${JSON.stringify(ptyA.guestPath)}, timeoutMs: 60000 });
+  await c.C_Initialize();
+  const s = await c.C_OpenSession((await c.C_GetSlotList(true))[0], 6);
+  await c.C_Login(s, 1, ${JSON.stringify(token.pin)});
+  process.stdout.write('ready\\n');
+  let n = 0;
+  for (;;) { await c.C_GenerateKeyPair(s, { mechanism: 0 }, [{ type: 0x121, value: 4096 }, { type: 0x122, value: Buffer.from([1, 0, 1]) }], [{ type: 0x108, value: true }]); process.stdout.write('key ' + (++n) + '\\n'); }
+`;
+const load = spawn(process.execPath, ['--input-type=module', '-e', loadScript], { stdio: ['ignore', 'pipe', 'inherit'] });
+let keys = 0;
+await new Promise<void>((resolve, reject) => {
+  load.on('exit', (code) => reject(new Error(`load generator exited (${code})`)));
+  load.stdout!.on('data', (d: Buffer) => {
+    if (d.toString().includes('ready')) resolve();
+    keys += (d.toString().match(/key /g) ?? []).length;
+  });
+});
+await new Promise((r) => setTimeout(r, 300));
+// Sample for at least as long as two key generations take.
+const busy: number[] = [];
+const startKeys = keys;
+while (busy.length < N || keys - startKeys < 2) busy.push(...(await latencies()));
+load.removeAllListeners('exit');
+load.kill('SIGKILL');
+
+for (const c of apps) {
+  await c.C_Finalize();
+  await c.close();
+}
+await daemon.stop();
+await ptyA.kill();
+await ptyB.kill();
+await token.cleanup();
+
+const avg = (xs: number[]) => xs.reduce((a, x) => a + x, 0) / xs.length;
+console.log(`p11bridge isolation bench (${APPS} apps on one port, SoftHSM2)`);
+console.log(`  executor PSS per app              ${(avg(pss) / 1024).toFixed(2)} MiB (min ${(Math.min(...pss) / 1024).toFixed(2)}, max ${(Math.max(...pss) / 1024).toFixed(2)})   (goal < 10 MiB)`);
+console.log(`  daemon PSS                        ${(daemonPss / 1024).toFixed(1)} MiB`);
+console.log(`  set-up per app (HELLO + C_Initialize)  median ${median(setupMs).toFixed(1)} ms   (goal < 50 ms)`);
+console.log(`  C_GenerateRandom(32) on port B     median ${median(idle).toFixed(0)} µs with A idle, ${median(busy).toFixed(0)} µs with A generating RSA-4096 keys (${keys - startKeys} generated meanwhile, ${busy.length} samples)`);
+console.log(`  fairness ratio                    ${(median(busy) / median(idle)).toFixed(2)}   (goal < 2)`);
