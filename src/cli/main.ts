@@ -4,6 +4,7 @@
 import { existsSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
 import { createLogger } from '../log.js';
+import { ConfigError, loadConfig, type DaemonConfig } from '../server/config.js';
 import { Daemon } from '../server/daemon.js';
 import { DEFAULT_MAX_PAYLOAD } from '../protocol/frame.js';
 import { Pkcs11Client } from '../client/client.js';
@@ -25,31 +26,69 @@ const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
 
 const program = new Command('p11bridge').version(VERSION).description('PKCS#11 over serial lines between VMs');
 
+interface ServeOptions {
+  config?: string;
+  module?: string;
+  port?: string[];
+  maxPayload: number;
+  executor?: string;
+  logLevel: string;
+  lease: number;
+  maxCall: number;
+}
+
 program
   .command('serve')
   .description("serve a PKCS#11 module to guest VMs on serial ports")
-  .requiredOption('--module <path>', 'PKCS#11 module (.so) to serve, e.g. /usr/lib/softhsm/libsofthsm2.so')
-  .option('--port <device>', 'serial port to serve (repeatable); default: those of /dev/ttyS4../dev/ttyS9 that exist', collect)
+  .option('--config <file>', 'JSON config file (module, ports with their policies, limits); options given here override it')
+  .option('--module <path>', 'PKCS#11 module (.so) to serve, e.g. /usr/lib/softhsm/libsofthsm2.so (required here or in the config)')
+  .option('--port <device>', "serial port to serve (repeatable); default: the config's ports, else those of /dev/ttyS4../dev/ttyS9 that exist", collect)
   .option('--max-payload <bytes>', 'largest message payload accepted', positiveInt, DEFAULT_MAX_PAYLOAD)
   .option('--executor <path>', 'p11bridge-exec binary (default: native/build/p11bridge-exec of this package)')
   .option('--lease <seconds>', 'close a connection silent this long (app killed, VM rebooted)', positiveNumber, 600)
   .option('--max-call <seconds>', 'terminate a module instance whose call runs this long', positiveNumber, 600)
   .option('--log-level <level>', 'pino log level', process.env.P11BRIDGE_LOG_LEVEL ?? 'info')
-  .action(async (o: { module: string; port?: string[]; maxPayload: number; executor?: string; logLevel: string; lease: number; maxCall: number }) => {
-    const log = createLogger(o.logLevel);
-    if (!existsSync(o.module)) fail(`PKCS#11 module ${o.module} does not exist`);
-    const ports = o.port ?? DEFAULT_PORTS.filter((p) => existsSync(p));
+  .action(async (o: ServeOptions, cmd: Command) => {
+    let config: DaemonConfig | undefined;
+    if (o.config !== undefined) {
+      try {
+        config = loadConfig(o.config);
+      } catch (e) {
+        fail(e instanceof ConfigError ? e.message : `config ${o.config}: ${(e as Error).message}`);
+      }
+    }
+    // The command line (and P11BRIDGE_LOG_LEVEL) overrides the config, which overrides the defaults.
+    const given = (key: keyof ServeOptions): boolean => cmd.getOptionValueSource(key) === 'cli';
+    const logLevel = given('logLevel') || process.env.P11BRIDGE_LOG_LEVEL ? o.logLevel : config?.logLevel ?? o.logLevel;
+    const log = createLogger(logLevel);
+    const module = o.module ?? config?.module;
+    if (module === undefined) fail('no PKCS#11 module: give --module <path> or "module" in a --config file');
+    if (!existsSync(module)) {
+      fail(o.module === undefined ? `config ${config!.file}: module: ${module} does not exist` : `PKCS#11 module ${module} does not exist`);
+    }
+    const configPorts = config?.ports.map((p) => p.path) ?? [];
+    const ports = o.port ?? (configPorts.length > 0 ? configPorts : DEFAULT_PORTS.filter((p) => existsSync(p)));
+    const policies = new Map(config?.ports.map((p) => [p.path, p.policy]) ?? []);
+    if (config) {
+      for (const p of ports) if (!policies.has(p)) log.warn({ port: p, config: config.file }, 'port not in the config: served without policy');
+      for (const p of configPorts) if (!ports.includes(p)) log.warn({ port: p, config: config.file }, 'port of the config not served (--port names the ports to serve)');
+    }
+    const maxPayload = given('maxPayload') ? o.maxPayload : config?.maxPayload ?? o.maxPayload;
+    const lease = given('lease') ? o.lease : config?.leaseSeconds ?? o.lease;
+    const maxCall = given('maxCall') ? o.maxCall : config?.maxCallSeconds ?? o.maxCall;
     let daemon: Daemon;
     try {
       daemon = await Daemon.start({
-        module: o.module, ports, maxPayload: o.maxPayload, executor: o.executor, log,
-        leaseMs: o.lease * 1000, maxCallMs: o.maxCall * 1000,
+        module, ports, maxPayload, executor: o.executor ?? config?.executor, log,
+        leaseMs: lease * 1000, maxCallMs: maxCall * 1000,
+        maxConnectionsPerPort: config?.maxConnectionsPerPort,
+        policies,
       });
     } catch (e) {
       fail((e as Error).message);
     }
     const info = daemon.module.info;
-    log.info({ ports, module: o.module, functions: daemon.module.functions.length, manufacturer: String(info[1] ?? '').trim() }, 'serving');
+    log.info({ ports, module, config: config?.file, functions: daemon.module.functions.length, manufacturer: String(info[1] ?? '').trim() }, 'serving');
     let stopping = false;
     const stop = (signal: string) => {
       if (stopping) return;
@@ -86,7 +125,7 @@ program
   });
 
 function fail(message: string): never {
-  process.stderr.write(`p11bridge: ${message}\n`);
+  process.stderr.write(message.split('\n').map((line) => `p11bridge: ${line}\n`).join(''));
   process.exit(1);
 }
 

@@ -34,6 +34,7 @@ interface RawTable {
   structs: Record<string, { ctype: string; fields: string[][] }>;
   paramKinds: Record<string, { ctype: string; fields: string[][] }>;
   mechanisms: Record<string, { value: number; param: string }>;
+  mechanismTypes: Record<string, number>;
   attributes: Record<string, { value: number; kind: string }>;
   rv: Record<string, number>;
 }
@@ -109,6 +110,9 @@ export function mechanismParamSpec(mechanism: number): StructSpec | undefined {
 }
 /** Whether a mechanism's parameter is one CK_ULONG (it travels as an integer). */
 export const mechanismTakesUlong = (mechanism: number): boolean => ulongParam.has(mechanism);
+
+/** Every CKM_* name of the OASIS headers with its value (names only; nothing on the wire depends on it). */
+export const MECHANISM_TYPES: ReadonlyMap<string, number> = new Map(Object.entries(raw.mechanismTypes));
 
 const attrKinds = new Map<number, AttrKind>();
 for (const a of Object.values(raw.attributes)) attrKinds.set(a.value, a.kind as AttrKind);

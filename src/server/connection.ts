@@ -7,6 +7,7 @@ import { pack, peekFirstUint } from '../protocol/msgpack.js';
 import { callById, rvName } from '../protocol/table.js';
 import type { Logger } from '../log.js';
 import type { Executor } from './executor.js';
+import type { CallGate } from './policy.js';
 
 export const BUSY_INTERVAL_MS = 1000;
 
@@ -25,6 +26,8 @@ export class Connection {
     private readonly send: (frame: Buffer) => void,
     private readonly log: Logger,
     private readonly maxCallMs: number = 10 * 60_000,
+    /** The port's policy, if it has one: sees every CALL before the executor does. */
+    private readonly gate?: CallGate,
   ) {}
 
   /** Keeps an idle connection from expiring (PING, or any call). */
@@ -54,7 +57,9 @@ export class Connection {
       this.executor.kill();
     }, this.maxCallMs);
     try {
-      const reply = await this.executor.call(payload);
+      const reply = this.gate
+        ? await this.gate.run(payload, (p) => this.executor.call(p), { conn: this.id, req })
+        : await this.executor.call(payload);
       let frame: Buffer;
       const ms = Number(process.hrtime.bigint() - started) / 1e6;
       if (reply.ok) {

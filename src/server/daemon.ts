@@ -13,6 +13,7 @@ import type { Logger } from '../log.js';
 import { Connection } from './connection.js';
 import { Executor } from './executor.js';
 import { PortServer } from './port-server.js';
+import { describePolicy, isRestrictive, PolicyEnforcer, TokenProbe, type PortPolicy } from './policy.js';
 import { VERSION } from '../version.js';
 
 export interface DaemonOptions {
@@ -26,6 +27,8 @@ export interface DaemonOptions {
   leaseMs?: number;
   /** A call running longer is presumed hung: its module instance is terminated. Default 10 minutes. */
   maxCallMs?: number;
+  /** Policy per port path (from the config file); a port without one is unrestricted. */
+  policies?: ReadonlyMap<string, PortPolicy>;
   /** Opens a port; tests may pass their own. */
   open?: (path: string) => Promise<ByteLink>;
 }
@@ -47,6 +50,10 @@ export class Daemon {
   private readonly executable: string;
   private readonly leaseMs: number;
   private readonly sweeper: NodeJS.Timeout;
+  /** Policy enforcement by port path, for ports whose policy restricts something. */
+  private readonly gates = new Map<string, PolicyEnforcer>();
+  /** Which token is in which slot, for token grants; its executor starts on first need. */
+  private readonly probe: TokenProbe;
 
   private constructor(private readonly opts: DaemonOptions, readonly module: ModuleDescription) {
     this.maxPayload = opts.maxPayload ?? DEFAULT_MAX_PAYLOAD;
@@ -54,6 +61,13 @@ export class Daemon {
     this.leaseMs = opts.leaseMs ?? DEFAULT_LEASE_MS;
     this.sweeper = setInterval(() => this.expireIdle(), Math.min(5000, Math.max(100, this.leaseMs / 4)));
     this.sweeper.unref();
+    this.probe = new TokenProbe({ executable: this.executable, module: opts.module, maxPayload: this.maxPayload, log: opts.log });
+    for (const path of opts.ports) {
+      const policy = opts.policies?.get(path);
+      if (!isRestrictive(policy)) continue;
+      this.gates.set(path, new PolicyEnforcer(path, policy, () => this.probe, opts.log));
+      opts.log.info({ port: path, ...describePolicy(policy) }, 'port policy');
+    }
   }
 
   static async start(opts: DaemonOptions): Promise<Daemon> {
@@ -96,6 +110,7 @@ export class Daemon {
     }
     await Promise.all([...this.conns.values()].map((c) => c.executor.close()));
     this.conns.clear();
+    await this.probe.close();
     await Promise.all(this.ports.map(async (p) => {
       await p.drain();
       await p.link.close();
@@ -163,7 +178,7 @@ export class Daemon {
     const id = this.newConnectionId();
     const maxPayload = Math.min(this.maxPayload, hello.maxPayload);
     const executor = new Executor({ executable: this.executable, module: this.opts.module, maxPayload });
-    const conn = new Connection(id, port.path, executor, maxPayload, (frame) => port.send(frame), log, this.opts.maxCallMs);
+    const conn = new Connection(id, port.path, executor, maxPayload, (frame) => port.send(frame), log, this.opts.maxCallMs, this.gates.get(port.path));
     this.conns.set(id, conn);
     void executor.exited.then(() => {
       if (this.conns.get(id) === conn) {
