@@ -7,7 +7,7 @@ import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { Pkcs11Client, type Handle } from '../src/index.js';
 import { encodeFrame, FrameType } from '../src/protocol/frame.js';
-import { openSerial } from '../src/transport/serial.js';
+import { openSerial } from '../src/transport/server-port.js';
 import { createToken, SOFTHSM_MODULE } from '../src/lab/softhsm.js';
 import { createPtyPair } from '../src/lab/pty.js';
 import { spawnDaemon } from '../src/lab/daemon.js';

@@ -7,7 +7,7 @@ import { CKR } from '../protocol/errors.js';
 import { helloSchema, negotiateVersion, SUPPORTED_VERSIONS, type HelloOk } from '../protocol/handshake.js';
 import { pack, unpack } from '../protocol/msgpack.js';
 import { callByName, rvName, PROTOCOL_VERSION } from '../protocol/table.js';
-import { openSerial, type ByteLink } from '../transport/serial.js';
+import { openSerial, type ByteLink } from '../transport/server-port.js';
 import { defaultExecutorPath } from '../paths.js';
 import type { Logger } from '../log.js';
 import { Connection } from './connection.js';

@@ -5,7 +5,7 @@ import { Deframer } from '../protocol/deframer.js';
 import { encodeFrame, FRAME_VERSION, FrameType, isResponseType, type Frame, type FrameHeader } from '../protocol/frame.js';
 import { CKR } from '../protocol/errors.js';
 import { pack } from '../protocol/msgpack.js';
-import type { ByteLink } from '../transport/serial.js';
+import type { ByteLink } from '../transport/server-port.js';
 import type { Logger } from '../log.js';
 
 export interface PortHandlers {

@@ -1,4 +1,5 @@
-// A serial device (a UART, or a pty in tests) opened in raw 8N1 mode with
+// The daemon side of a serial device (a UART, or a pty in tests): opened in
+// raw 8N1 mode with
 // echo off: serialport's binding clears ICANON/ECHO/OPOST/IXON itself, so a
 // freshly booted tty in cooked mode with echo on is put right at open.
 import { SerialPort } from 'serialport';
