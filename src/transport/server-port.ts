@@ -1,7 +1,7 @@
 // The daemon side of a serial device (a UART, or a pty in tests): opened in
-// raw 8N1 mode with
-// echo off: serialport's binding clears ICANON/ECHO/OPOST/IXON itself, so a
-// freshly booted tty in cooked mode with echo on is put right at open.
+// raw 8N1 mode with echo off (serialport's binding clears ICANON, ECHO, OPOST
+// and IXON itself), so a freshly booted tty in cooked mode with echo on is
+// put right at open. The daemon holds it, locked, for its whole life.
 import { SerialPort } from 'serialport';
 
 export interface ByteLink {
