@@ -159,14 +159,14 @@ int pb_unpack_struct(const msgpack_object *o, const pb_struct_desc *d, void *s, 
     int r = PB_OK;
     switch (f->kind) {
     case PB_F_ULONG: {
-      CK_ULONG ul;
+      CK_ULONG ul = 0;
       r = pb_unpack_ulong(v, &ul, &sub);
       if (r == PB_OK) set_ul(s, f->off, ul);
       break;
     }
     case PB_F_BYTES: {
-      void *p;
-      CK_ULONG len;
+      void *p = NULL;
+      CK_ULONG len = 0;
       r = pb_unpack_bytes(v, &p, &len, &sub);
       if (r == PB_OK) {
         set_ptr(s, f->off, p);
@@ -569,7 +569,7 @@ static int attr_value_to_host(const msgpack_object *v, CK_ATTRIBUTE *a, int dept
       if (ct[k].pValue) positional = 0;
     for (CK_ULONG j = 0; j < n; j++) {
       const msgpack_object *e = &v->via.array.ptr[j];
-      CK_ULONG type;
+      CK_ULONG type = 0;
       pb_unpack_ulong(&e->via.array.ptr[0], &type, err);
       const msgpack_object *ev = &e->via.array.ptr[1];
       CK_ATTRIBUTE *dst = NULL;
@@ -601,7 +601,7 @@ static int attr_value_to_host(const msgpack_object *v, CK_ATTRIBUTE *a, int dept
   switch (v->type) {
   case MSGPACK_OBJECT_BOOLEAN: *dst = v->via.boolean ? CK_TRUE : CK_FALSE; break;
   case MSGPACK_OBJECT_POSITIVE_INTEGER: {
-    CK_ULONG u;
+    CK_ULONG u = 0;
     pb_unpack_ulong(v, &u, err);
     memcpy(dst, &u, sizeof u);
     break;
@@ -611,7 +611,7 @@ static int attr_value_to_host(const msgpack_object *v, CK_ATTRIBUTE *a, int dept
     break;
   case MSGPACK_OBJECT_ARRAY:
     for (uint32_t i = 0; i < v->via.array.size; i++) {
-      CK_ULONG u;
+      CK_ULONG u = 0;
       pb_unpack_ulong(&v->via.array.ptr[i], &u, err);
       memcpy(dst + i * sizeof u, &u, sizeof u);
     }
@@ -646,7 +646,7 @@ int pb_unpack_attrvalues(const msgpack_object *o, CK_ATTRIBUTE *t, CK_ULONG n, i
     if (v->type == MSGPACK_OBJECT_NIL) {
       a->ulValueLen = CK_UNAVAILABLE_INFORMATION;
     } else if (!a->pValue) {
-      CK_ULONG l;
+      CK_ULONG l = 0;
       pb_unpack_ulong(v, &l, err);
       size_t unit = 1;
       switch (pb_attr_kind_of(a->type)) {

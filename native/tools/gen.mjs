@@ -11,6 +11,10 @@
 //                   kind names -- shared by executor and client module
 //   exec_invoke.c   executor: one line per call through the function list,
 //                   pb_has_function()
+//   module_stubs.c  libp11bridge: the 68 exported C_xxx entry points, each one
+//                   line that puts its C parameters into value slots and hands
+//                   them to the generic marshaller (pb_client_call), and the
+//                   CK_FUNCTION_LIST
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -273,6 +277,106 @@ x += `  default: return CKR_FUNCTION_NOT_SUPPORTED;\n  }\n}\n\nint pb_has_functi
 for (const ci of callInfos) x += `  case ${ci.c.id}: return fl->${ci.c.name} != NULL_PTR;\n`;
 x += `  default: return 0;\n  }\n}\n`;
 
+// ---- client module entry points (the invoke lines in reverse) ----
+// Each C parameter fills one member of a value slot (pb_cslot, module/client.h).
+function cArgFields(p) {
+  switch (p.kind) {
+    case 'ulong': case 'slot': case 'session': case 'object': return ['ul'];
+    case 'bool': return ['b'];
+    case 'bytes': case 'outfixed': return ['p', 'len'];
+    case 'label': return ['p'];
+    case 'mechanism': return ['mech'];
+    case 'template': case 'attrquery': return ['tmpl', 'count'];
+    case 'outbytes': return ['p', 'lenp'];
+    case 'outlist': return ['ulp', 'lenp'];
+    default: die(`kind ${p.kind} cannot be an argument`);
+  }
+}
+function cResFields(p) {
+  if (['ulong', 'slot', 'session', 'object'].includes(p.kind)) return ['ulp'];
+  if (STRUCT_KINDS.includes(p.kind)) return ['out'];
+  die(`kind ${p.kind} cannot be a result without an argument of the same name`);
+}
+// Entry points answered by module.c itself (state, not marshalling).
+const CLIENT_HOOKS = {
+  C_Initialize: 'pb_mod_initialize',
+  C_Finalize: 'pb_mod_finalize',
+  C_GetFunctionList: 'pb_mod_get_function_list',
+};
+// C parameter lists that are not "arguments in order, then new results":
+// '{name}' expands by kind, '$name.member' is one member, '-' is ignored,
+// '@' is passed on to the caller named in CLIENT_CALLERS.
+const CLIENT_OVERRIDES = {
+  // Notify callbacks are not forwarded (the server passes NULL).
+  C_OpenSession: ['{slot}', '{flags}', '-', '-', '{session}'],
+  C_FindObjects: ['{session}', '$objects.ulp', '{maxObjectCount}', '$objects.lenp'],
+  C_WaitForSlotEvent: ['{flags}', '{slot}', '@'],
+};
+const CLIENT_CALLERS = { C_WaitForSlotEvent: 'pb_mod_wait_for_slot_event' };
+
+const cparam = (decl) => {
+  const m = /^(.*?)(\w+)$/.exec(decl.trim());
+  if (!m) die(`cannot parse C parameter '${decl}'`);
+  return { type: m[1].trim(), name: m[2] };
+};
+let ms = hdr + `/* libp11bridge entry points: each forwards its parameters to the generic
+ * marshaller walking pb_calls (see src/module/marshal.c, module.c). */
+#include "client.h"
+
+#define PB_EXPORT __attribute__((visibility("default")))
+
+`;
+for (const ci of callInfos) {
+  const { c, args, res } = ci;
+  const cf = cfuncs[c.id - 1];
+  const params = cf.params.map(cparam);
+  const sig = `PB_EXPORT CK_RV ${c.name}(${params.map((p) => `${p.type} ${p.name}`).join(', ') || 'void'})`;
+  if (CLIENT_HOOKS[c.name]) {
+    if (params.length !== 1) die(`${c.name}: hook expects one parameter`);
+    ms += `${sig} { return ${CLIENT_HOOKS[c.name]}(${params[0].name}); }\n`;
+    continue;
+  }
+  if (c.local) die(`${c.name}: local call without a hook`);
+  const all = [...args, ...res];
+  const targets = []; // per C parameter: {slot, field} | null (ignored) | '@'
+  const expand = (p, fields) => fields.forEach((f) => targets.push({ slot: p.slot, field: f }));
+  if (CLIENT_OVERRIDES[c.name]) {
+    for (const o of CLIENT_OVERRIDES[c.name]) {
+      let m;
+      if (o === '-') targets.push(null);
+      else if (o === '@') targets.push('@');
+      else if ((m = /^\{(\w+)\}$/.exec(o))) {
+        const p = all.find((x) => x.name === m[1]);
+        if (!p) die(`${c.name}: client override names unknown parameter ${m[1]}`);
+        expand(p, p.isArg ? cArgFields(p) : cResFields(p));
+      } else if ((m = /^\$(\w+)\.(\w+)$/.exec(o))) {
+        const p = all.find((x) => x.name === m[1]);
+        if (!p) die(`${c.name}: client override names unknown parameter ${m[1]}`);
+        targets.push({ slot: p.slot, field: m[2] });
+      } else die(`${c.name}: bad client override ${o}`);
+    }
+  } else {
+    for (const p of args) expand(p, cArgFields(p));
+    for (const p of res) if (!p.shared) expand(p, cResFields(p));
+  }
+  if (targets.length !== params.length) {
+    die(`${c.name}: client stub maps ${targets.length} C parameters, pkcs11f.h has ${params.length} (${cf.params.join(', ')})`);
+  }
+  const slots = Array.from({ length: ci.nslots }, () => []);
+  const ignored = [];
+  let extra = null;
+  targets.forEach((t, i) => {
+    if (t === null) ignored.push(params[i].name);
+    else if (t === '@') extra = params[i].name;
+    else slots[t.slot].push(`.${t.field} = ${params[i].name}`);
+  });
+  const init = slots.map((f, i) => `[${i}] = {${f.join(', ')}}`).join(', ');
+  const voids = ignored.map((n) => `(void)${n}; `).join('');
+  const call = CLIENT_CALLERS[c.name] ? `${CLIENT_CALLERS[c.name]}(a${extra ? `, ${extra}` : ''})` : `pb_client_call(${c.id}, a)`;
+  ms += `${sig} { pb_cslot a[${ci.nslots}] = {${init}}; ${voids}return ${call}; }\n`;
+}
+ms += `\nCK_FUNCTION_LIST pb_function_list = {\n  {2, 40},\n${cfuncs.map((f) => `  ${f.name},\n`).join('')}};\n`;
+
 mkdirSync(outDir, { recursive: true });
 const write = (name, text) => {
   const p = join(outDir, name);
@@ -283,3 +387,4 @@ const write = (name, text) => {
 write('pb_gen.h', gen_h);
 write('pb_tables.c', t);
 write('exec_invoke.c', x);
+write('module_stubs.c', ms);

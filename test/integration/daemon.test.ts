@@ -14,7 +14,7 @@ import { cobsEncodeDelimited } from '../../src/protocol/cobs.js';
 import { Deframer } from '../../src/protocol/deframer.js';
 import { encodeFrame, FrameType, isResponseType, type Frame } from '../../src/protocol/frame.js';
 import { pack, unpack } from '../../src/protocol/msgpack.js';
-import { openSerial, type ByteLink } from '../../src/transport/serial.js';
+import { openSerial, type ByteLink } from '../../src/transport/server-port.js';
 
 const execFileP = promisify(execFile);
 

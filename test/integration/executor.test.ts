@@ -1,6 +1,9 @@
-// The C executor on its own, against a real SoftHSM2 token: the smoke test of
-// every kind codec, the same under valgrind (zero errors, no definite leaks),
-// and mutation fuzzing of its input. The scripts live in native/test.
+// The native parts, against a real SoftHSM2 token. The C executor on its own:
+// the smoke test of every kind codec, the same under valgrind (zero errors, no
+// definite leaks), and mutation fuzzing of its input. The guest-side PKCS#11
+// module libp11bridge.so: the golden vectors through its C codecs byte for
+// byte, and end to end through the daemon over a pty pair (plus a hostile
+// server), also under valgrind. The scripts live in native/test.
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
@@ -9,7 +12,7 @@ import { packageRoot } from '../../src/paths.js';
 const run = promisify(execFile);
 const make = (target: string) => run('make', ['-s', '-C', `${packageRoot()}/native`, target], { maxBuffer: 16 << 20 });
 
-describe('p11bridge-exec', () => {
+describe('native: p11bridge-exec and libp11bridge.so', () => {
   it('passes its smoke test', async () => {
     const { stdout } = await make('check');
     expect(stdout).toMatch(/exec_smoke: \d+ checks passed/);
@@ -25,4 +28,24 @@ describe('p11bridge-exec', () => {
     const { stdout } = await make('check-fuzz');
     expect(stdout).toMatch(/executor exited 0/);
   }, 120_000);
+
+  it('libp11bridge.so: C codecs reproduce every golden vector byte for byte', async () => {
+    const { stdout } = await make('check-golden');
+    expect(stdout).toMatch(/golden: \d+ vectors reproduced byte for byte/);
+  });
+
+  it('libp11bridge.so: end to end through the daemon, and against a hostile server', async () => {
+    const { stdout } = await make('check-module');
+    expect(stdout).toMatch(/test_module: \d+ checks passed\n/);
+    expect(stdout).toMatch(/test_module: \d+ checks passed \(hostile server\)/);
+    expect(stdout).toMatch(/module_smoke: passed/);
+  }, 120_000);
+
+  it('libp11bridge.so: the same under valgrind with no errors', async () => {
+    const { stdout, stderr } = await make('check-module-valgrind');
+    const all = stdout + stderr;
+    expect(all).toMatch(/module_smoke: passed under valgrind/);
+    expect(all).not.toMatch(/ERROR SUMMARY: [1-9]/);
+    expect(all).not.toMatch(/definitely lost: [1-9]/);
+  }, 300_000);
 });

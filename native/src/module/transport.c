@@ -13,62 +13,75 @@
 #include <time.h>
 #include <unistd.h>
 
+static int open_dev(const char *path, char *msg, size_t msglen) {
+  int fd = open(path, O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) snprintf(msg, msglen, "cannot open serial port %s: %s", path, strerror(errno));
+  return fd;
+}
+
 int pb_port_open(pb_port *p, const char *path, unsigned timeout_ms, size_t max_payload,
                  char *msg, size_t msglen) {
   memset(p, 0, sizeof *p);
   p->fd = -1;
   p->timeout_ms = timeout_ms;
-  int fd = open(path, O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) {
-    snprintf(msg, msglen, "cannot open serial port %s: %s", path, strerror(errno));
+  p->path = strdup(path);
+  if (!p->path) {
+    snprintf(msg, msglen, "out of memory");
     return -1;
   }
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    snprintf(msg, msglen, "serial port %s is in use by another process (flock: %s)", path, strerror(errno));
-    close(fd);
+  p->fd = open_dev(path, msg, msglen);
+  if (p->fd < 0) {
+    free(p->path);
+    p->path = NULL;
     return -1;
   }
+  pb_deframer_init(&p->df, max_payload);
+  return 0;
+}
+
+/* Raw 8N1, no flow control, then flush: only while holding the lock, since
+ * flushing could destroy another process's round trip. */
+static int configure(pb_port *p, char *msg, size_t msglen) {
   struct termios t;
-  if (tcgetattr(fd, &t) == 0) {
+  if (tcgetattr(p->fd, &t) == 0) {
     cfmakeraw(&t);
     t.c_cflag |= CLOCAL | CREAD;
-    t.c_cflag &= ~(CSTOPB | PARENB | CRTSCTS);
+    t.c_cflag &= ~(CSTOPB | PARENB | CRTSCTS | HUPCL);
     t.c_cflag = (t.c_cflag & ~CSIZE) | CS8;
     t.c_iflag &= ~(IXON | IXOFF | IXANY);
     t.c_cc[VMIN] = 1;
     t.c_cc[VTIME] = 0;
     cfsetispeed(&t, B115200);
     cfsetospeed(&t, B115200);
-    if (tcsetattr(fd, TCSANOW, &t) != 0) {
-      snprintf(msg, msglen, "cannot configure serial port %s: %s", path, strerror(errno));
-      close(fd);
+    if (tcsetattr(p->fd, TCSANOW, &t) != 0) {
+      snprintf(msg, msglen, "cannot configure serial port %s: %s", p->path, strerror(errno));
       return -1;
     }
   } else if (errno != ENOTTY) {
-    snprintf(msg, msglen, "cannot configure serial port %s: %s", path, strerror(errno));
-    close(fd);
+    snprintf(msg, msglen, "cannot configure serial port %s: %s", p->path, strerror(errno));
     return -1;
   }
-  /* bytes a cooked tty buffered before we switched it to raw are stale noise */
-  tcflush(fd, TCIOFLUSH);
-  p->fd = fd;
-  pb_deframer_init(&p->df, max_payload);
+  /* bytes a cooked tty buffered before it was raw, or left by a process
+   * that died mid-call, are stale noise */
+  tcflush(p->fd, TCIOFLUSH);
+  p->configured = 1;
   return 0;
 }
 
 void pb_port_close(pb_port *p) {
   if (p->fd >= 0) close(p->fd);
   p->fd = -1;
+  p->configured = 0;
+  free(p->path);
+  p->path = NULL;
   pb_deframer_free(&p->df);
 }
 
 void pb_port_abandon(pb_port *p) {
-  /* The parent's open file description keeps its lock: closing our copy of
-   * the descriptor never releases it (flock locks go with the description,
-   * only LOCK_UN or the last close do), so this cannot disturb the parent. */
-  if (p->fd >= 0) close(p->fd);
-  p->fd = -1;
-  pb_deframer_free(&p->df);
+  /* Our copy of the parent's descriptor shares its open file description
+   * and so its flock: closing the copy never releases the parent's lock
+   * (only LOCK_UN or the last close would), and we never unlock it. */
+  pb_port_close(p);
 }
 
 static long long now_ms(void) {
@@ -114,25 +127,85 @@ static void on_frame(const pb_frame *f, void *ctx) {
   w->got = 1;
 }
 
+static void sleep_us(long us) {
+  struct timespec ts = {us / 1000000, (us % 1000000) * 1000L};
+  nanosleep(&ts, NULL);
+}
+
+/* flock(LOCK_EX), polling (0.25 ms doubling to 16 ms) until deadline. */
+static int lock_dev(pb_port *p, long long deadline, char *msg, size_t msglen) {
+  for (long wait = 250;; wait = wait < 16000 ? wait * 2 : 16000) {
+    if (flock(p->fd, LOCK_EX | LOCK_NB) == 0) return 0;
+    if (errno == EINTR) continue;
+    if (errno != EWOULDBLOCK) {
+      snprintf(msg, msglen, "cannot lock %s: %s", p->path, strerror(errno));
+      return -1;
+    }
+    if (now_ms() >= deadline) {
+      snprintf(msg, msglen, "%s stayed locked by another process for %u ms", p->path, p->timeout_ms);
+      return -1;
+    }
+    sleep_us(wait);
+  }
+}
+
+static int exchange(pb_port *p, const unsigned char *frame, size_t framelen, waiter *w,
+                    char *msg, size_t msglen);
+
 int pb_port_roundtrip(pb_port *p, const unsigned char *frame, size_t framelen, int any_conn,
                       uint32_t conn, uint32_t req, pb_response *resp, char *msg, size_t msglen) {
   waiter w = {any_conn, conn, req, 0, 0, 0, resp, 0};
+  if (p->fd < 0) { /* closed after a timeout */
+    p->fd = open_dev(p->path, msg, msglen);
+    if (p->fd < 0) return -1;
+    p->configured = 0;
+  }
+  if (lock_dev(p, now_ms() + p->timeout_ms, msg, msglen) != 0) return -1;
+  if (!p->configured && configure(p, msg, msglen) != 0) {
+    flock(p->fd, LOCK_UN);
+    return -1;
+  }
+  /* whatever piece was cut off at our last unlock belongs to nobody now */
+  p->df.len = 0;
+  p->df.overflow = 0;
+  if (exchange(p, frame, framelen, &w, msg, msglen) == 0) {
+    flock(p->fd, LOCK_UN);
+    return 0;
+  }
+  if (w.got) {
+    free(resp->payload);
+    resp->payload = NULL;
+  }
+  /* Gave up: the device is closed, so nothing of ours can read the next
+   * holder's bytes. No read of ours is pending here (all I/O is synchronous),
+   * so unlocking first is equivalent to PROTOCOL.md's close-then-release, and
+   * releases the lock even when a forked child still holds a copy of the
+   * descriptor (the close alone would not). */
+  flock(p->fd, LOCK_UN);
+  close(p->fd);
+  p->fd = -1;
+  p->configured = 0;
+  return -1;
+}
+
+static int exchange(pb_port *p, const unsigned char *frame, size_t framelen, waiter *w,
+                    char *msg, size_t msglen) {
   size_t off = 0;
   long long deadline = now_ms() + p->timeout_ms;
   unsigned char buf[16384];
   for (;;) {
-    if (w.nomem) {
+    if (w->nomem) {
       snprintf(msg, msglen, "out of memory");
       return -1;
     }
-    if (w.bad_version) {
+    if (w->bad_version) {
       snprintf(msg, msglen, "the server answered with frame version %d; this module speaks version %d",
-               w.bad_version, PB_FRAME_VERSION);
+               w->bad_version, PB_FRAME_VERSION);
       return -1;
     }
-    if (w.got) return 0;
-    if (w.busy) { /* the call is still running: restart the silence timer */
-      w.busy = 0;
+    if (w->got) return 0;
+    if (w->busy) { /* the call is still running: restart the silence timer */
+      w->busy = 0;
       deadline = now_ms() + p->timeout_ms;
     }
     long long left = deadline - now_ms();
@@ -156,7 +229,7 @@ int pb_port_roundtrip(pb_port *p, const unsigned char *frame, size_t framelen, i
     if (pfd.revents & (POLLIN | POLLHUP | POLLERR)) {
       ssize_t n = read(p->fd, buf, sizeof buf);
       if (n > 0) {
-        if (pb_deframer_push(&p->df, buf, (size_t)n, on_frame, &w) != 0) w.nomem = 1;
+        if (pb_deframer_push(&p->df, buf, (size_t)n, on_frame, w) != 0) w->nomem = 1;
         continue;
       }
       if (n < 0 && (errno == EAGAIN || errno == EINTR)) {

@@ -1,0 +1,72 @@
+// hostile_server.mjs: a p11bridge "server" that answers with malformed,
+// oversize and misdirected frames, for test_module's hostile mode (driven
+// by module_smoke.mjs). It speaks on one end of a pty pair.
+import { encodeFrame, FrameType } from '../../dist/src/protocol/frame.js';
+import { Deframer } from '../../dist/src/protocol/deframer.js';
+import { pack } from '../../dist/src/protocol/msgpack.js';
+import { openSerial } from '../../dist/src/transport/serial.js';
+
+const CONN = 0x1a2b3c4d;
+const INFO = [[2, 40], Buffer.from('Hostile'.padEnd(32)), 0, Buffer.from('Not a module'.padEnd(32)), [0, 1]];
+const res = (req, payload) => encodeFrame(FrameType.Result, CONN, req, payload);
+const ok = (req, ...results) => res(req, pack([0, ...results]));
+const badCrc = (req) => {
+  const f = Buffer.from(ok(req, INFO));
+  const i = f.length - 3; // inside the CRC (COBS-encoded: non-zero)
+  f[i] = f[i] === 0x55 ? 0x56 : f[i] ^ 0x55;
+  return f;
+};
+// one entry per CALL after C_Initialize, in test_module's order
+const script = [
+  (q) => [res(q, Buffer.from([0xc1]))],
+  (q) => [ok(q, [1, 2])],
+  (q) => [badCrc(q)],
+  (q) => [ok(q, Buffer.alloc(32, 7))],
+  (q) => [ok(q, [1, 2, 3])],
+  (q) => [res(q, Buffer.from([0x92, 0x00, 0xdd, 0xff, 0xff, 0xff, 0xff, 0x01]))],
+  (q) => [ok(q, Buffer.alloc(5, 1))],
+  (q) => [ok(q, [Buffer.alloc(100, 0x41)])],
+  (q) => [ok(q, [true, 1])],
+  (q) => [ok(q, [1, 2, 3])],
+  (q) => [encodeFrame(FrameType.Error, CONN, q, pack({ rv: 50, message: 'unknown connection (test)' }))],
+  (q) => [Buffer.from('garbage\x00\x01\x02\x03\x00'), encodeFrame(FrameType.Call, CONN, q, pack([3])), ok(q, INFO)],
+  (q) => [res(q, Buffer.from([0x92, 0xff, 0x90]))],
+  (q) => [encodeFrame(FrameType.Result, CONN + 1, q, pack([0, [[9, 9]]])), ok(q, INFO)],
+  (q) => [Buffer.concat([Buffer.from([0]), Buffer.alloc(1_200_000, 0x01)]), ok(q, INFO)],
+  (q) => 'busy',
+];
+
+const link = await openSerial(process.argv[2]);
+let step = 0;
+const send = (b) => link.write(b);
+const deframer = new Deframer(1 << 20, {
+  frame: async (f) => {
+    if (f.type & 0x80) return;
+    if (f.type === FrameType.Hello) {
+      return send(encodeFrame(FrameType.HelloOk, CONN, f.req, pack({
+        version: 1, maxPayload: 1 << 20, server: 'hostile/0', module: { info: INFO, functions: Array.from({ length: 68 }, (_, i) => i + 1) },
+      })));
+    }
+    if (f.type === FrameType.Bye) return send(encodeFrame(FrameType.ByeOk, CONN, f.req));
+    if (f.type !== FrameType.Call) return;
+    const id = f.payload[1];
+    if (id === 1 || id === 2) return send(ok(f.req)); // C_Initialize / C_Finalize
+    if (id === 68) return send(res(f.req, pack([8]))); // C_WaitForSlotEvent: CKR_NO_EVENT
+    const s = script[step++];
+    if (!s) return send(ok(f.req, INFO));
+    const out = s(f.req);
+    if (out === 'busy') {
+      // longer than the client's silence timeout, kept alive by BUSY
+      for (let i = 0; i < 4; i++) {
+        await new Promise((r) => setTimeout(r, 200));
+        await send(encodeFrame(FrameType.Busy, CONN, f.req));
+      }
+      return send(ok(f.req, INFO));
+    }
+    for (const b of out) await send(b);
+  },
+  drop: () => {},
+  oversize: () => {},
+});
+link.onData((c) => deframer.push(c));
+process.stdout.write('hostile server ready\n');

@@ -1,0 +1,529 @@
+/* test_module.c: libp11bridge.so end to end, driven by module_smoke.mjs
+ * (SoftHSM2 <- p11bridge daemon <- socat pty pair <- this program).
+ *
+ *   test_module /path/to/libp11bridge.so
+ * env: TEC_COMM_PORT, P11BRIDGE_TEST_PIN, P11BRIDGE_TEST_LABEL,
+ *      P11BRIDGE_TEST_INFO ("manufacturer|libraryDescription|major.minor"),
+ *      P11BRIDGE_TEST_DIGESTS (8 comma-separated SHA-256 hex digests of
+ *      "p11bridge thread <i>").
+ * Prints "test_module: N checks passed" and exits 0, or FAIL lines and 1. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "p11.h"
+
+static CK_FUNCTION_LIST_PTR f;
+static int checks, failures;
+static pthread_mutex_t check_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void check(int ok, const char *fmt, ...) {
+  pthread_mutex_lock(&check_mu);
+  checks++;
+  if (!ok) {
+    failures++;
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("FAIL: ", stdout);
+    vprintf(fmt, ap);
+    fputc('\n', stdout);
+    va_end(ap);
+    fflush(stdout);
+  }
+  pthread_mutex_unlock(&check_mu);
+}
+#define RV(expr, want) do { CK_RV _r = (expr); check(_r == (CK_RV)(want), "%s: rv 0x%lx, want 0x%lx (line %d)", #expr, (unsigned long)_r, (unsigned long)(want), __LINE__); } while (0)
+
+static const char *env(const char *k) {
+  const char *v = getenv(k);
+  if (!v) {
+    fprintf(stderr, "test_module: %s not set\n", k);
+    exit(2);
+  }
+  return v;
+}
+
+static void hex(const unsigned char *p, size_t n, char *out) {
+  for (size_t i = 0; i < n; i++) sprintf(out + 2 * i, "%02x", p[i]);
+}
+
+static int padded_eq(const CK_UTF8CHAR *field, size_t n, const char *s) {
+  size_t l = strlen(s);
+  if (l > n || memcmp(field, s, l)) return 0;
+  for (size_t i = l; i < n; i++)
+    if (field[i] != ' ') return 0;
+  return 1;
+}
+
+/* ---- application mutex callbacks ---- */
+static int n_create, n_destroy, n_lock, n_unlock;
+static CK_RV app_create(CK_VOID_PTR_PTR pp) {
+  pthread_mutex_t *m = malloc(sizeof *m);
+  pthread_mutex_init(m, NULL);
+  *pp = m;
+  __atomic_add_fetch(&n_create, 1, __ATOMIC_SEQ_CST);
+  return CKR_OK;
+}
+static CK_RV app_destroy(CK_VOID_PTR p) {
+  pthread_mutex_destroy(p);
+  free(p);
+  __atomic_add_fetch(&n_destroy, 1, __ATOMIC_SEQ_CST);
+  return CKR_OK;
+}
+static CK_RV app_lock(CK_VOID_PTR p) {
+  __atomic_add_fetch(&n_lock, 1, __ATOMIC_SEQ_CST);
+  return pthread_mutex_lock(p) ? CKR_MUTEX_BAD : CKR_OK;
+}
+static CK_RV app_unlock(CK_VOID_PTR p) {
+  __atomic_add_fetch(&n_unlock, 1, __ATOMIC_SEQ_CST);
+  return pthread_mutex_unlock(p) ? CKR_MUTEX_NOT_LOCKED : CKR_OK;
+}
+
+/* ---- threads ---- */
+typedef struct {
+  int idx;
+  CK_SLOT_ID slot;
+  char want[65];
+  int ok_random, ok_digest;
+} thread_arg;
+
+static void *worker(void *p) {
+  thread_arg *t = p;
+  CK_SESSION_HANDLE s;
+  CK_RV rv = f->C_OpenSession(t->slot, CKF_SERIAL_SESSION, NULL, NULL, &s);
+  check(rv == CKR_OK, "thread %d: C_OpenSession rv 0x%lx", t->idx, (unsigned long)rv);
+  if (rv != CKR_OK) return NULL;
+  char msg[64];
+  snprintf(msg, sizeof msg, "p11bridge thread %d", t->idx);
+  unsigned char prev[32] = {0};
+  for (int i = 0; i < 200; i++) {
+    unsigned char r[32];
+    if (i % 2 == 0) {
+      rv = f->C_GenerateRandom(s, r, sizeof r);
+      if (rv == CKR_OK && memcmp(r, prev, sizeof r)) t->ok_random++;
+      memcpy(prev, r, sizeof r);
+    } else {
+      CK_MECHANISM m = {CKM_SHA256, NULL, 0};
+      unsigned char d[64];
+      CK_ULONG dl = sizeof d;
+      char h[129];
+      rv = f->C_DigestInit(s, &m);
+      if (rv == CKR_OK) rv = f->C_Digest(s, (CK_BYTE_PTR)msg, strlen(msg), d, &dl);
+      if (rv == CKR_OK && dl == 32) {
+        hex(d, 32, h);
+        if (!strcmp(h, t->want)) t->ok_digest++;
+      }
+    }
+  }
+  f->C_CloseSession(s);
+  return NULL;
+}
+
+static CK_RV wait_rv;
+static void *waiter(void *p) {
+  (void)p;
+  CK_SLOT_ID slot;
+  wait_rv = f->C_WaitForSlotEvent(0, &slot, NULL);
+  return NULL;
+}
+
+/* Against test/module_smoke.mjs's hostile server: every malformed answer is
+ * CKR_DEVICE_ERROR (or the rv an ERROR frame carries), never a crash, an
+ * over-read or a write past the caller's buffer. */
+static int hostile(void) {
+  CK_INFO info;
+  RV(f->C_Initialize(NULL), CKR_OK);
+  RV(f->C_GetInfo(&info), CKR_DEVICE_ERROR);  /* payload is not MessagePack */
+  RV(f->C_GetInfo(&info), CKR_DEVICE_ERROR);  /* info of the wrong shape */
+  RV(f->C_GetInfo(&info), CKR_DEVICE_ERROR);  /* bad CRC, then silence: timeout */
+  unsigned char buf[32];
+  memset(buf, 0xEE, sizeof buf);
+  CK_ULONG bl = 16;
+  RV(f->C_Sign(1, (CK_BYTE_PTR) "x", 1, buf, &bl), CKR_DEVICE_ERROR); /* 32 bytes for 16 */
+  check(buf[16] == 0xEE && buf[31] == 0xEE, "nothing written past the caller's buffer");
+  CK_SLOT_ID sl[2];
+  CK_ULONG n = 2;
+  RV(f->C_GetSlotList(CK_FALSE, sl, &n), CKR_DEVICE_ERROR); /* 3 slots for 2 */
+  n = 2;
+  RV(f->C_GetSlotList(CK_FALSE, sl, &n), CKR_DEVICE_ERROR); /* array declaring 2^32-1 elements */
+  RV(f->C_GenerateRandom(1, buf, 4), CKR_DEVICE_ERROR);     /* 5 bytes for 4 */
+  unsigned char lab[4];
+  CK_ATTRIBUTE q[] = {{CKA_LABEL, lab, sizeof lab}};
+  RV(f->C_GetAttributeValue(1, 2, q, 1), CKR_BUFFER_TOO_SMALL); /* 100 bytes for 4: checked here */
+  check(q[0].ulValueLen == CK_UNAVAILABLE_INFORMATION, "too small -> CK_UNAVAILABLE_INFORMATION");
+  q[0].ulValueLen = sizeof lab;
+  RV(f->C_GetAttributeValue(1, 2, q, 1), CKR_DEVICE_ERROR); /* two values for one attribute */
+  CK_OBJECT_HANDLE objs[2];
+  RV(f->C_FindObjects(1, objs, 2, &n), CKR_DEVICE_ERROR);   /* 3 handles for 2 */
+  RV(f->C_GetInfo(&info), CKR_DEVICE_REMOVED);              /* ERROR frame */
+  RV(f->C_GetInfo(&info), CKR_OK);                          /* noise, an echo, then the answer */
+  RV(f->C_GetInfo(&info), CKR_DEVICE_ERROR);                /* negative rv */
+  RV(f->C_GetInfo(&info), CKR_OK);                          /* wrong connection id first */
+  RV(f->C_GetInfo(&info), CKR_OK);                          /* an oversize piece first */
+  RV(f->C_GetInfo(&info), CKR_OK);                          /* BUSY past the silence timeout */
+  /* C_WaitForSlotEvent polls (the server always answers CKR_NO_EVENT) until
+   * C_Finalize from another thread ends it; other calls go on meanwhile */
+  pthread_t w;
+  wait_rv = 0;
+  pthread_create(&w, NULL, waiter, NULL);
+  usleep(400000);
+  RV(f->C_GetInfo(&info), CKR_OK);
+  usleep(300000);
+  RV(f->C_Finalize(NULL), CKR_OK);
+  pthread_join(w, NULL);
+  check(wait_rv == CKR_CRYPTOKI_NOT_INITIALIZED, "C_WaitForSlotEvent ended by C_Finalize: 0x%lx", (unsigned long)wait_rv);
+  if (failures) {
+    printf("test_module: %d of %d checks failed\n", failures, checks);
+    return 1;
+  }
+  printf("test_module: %d checks passed (hostile server)\n", checks);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc >= 3 && !strcmp(argv[2], "hostile")) {
+    void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    CK_C_GetFunctionList gfl;
+    if (!h || !(*(void **)&gfl = dlsym(h, "C_GetFunctionList")) || gfl(&f) != CKR_OK) return 2;
+    int r = hostile();
+    dlclose(h);
+    return r;
+  }
+  if (argc < 2) {
+    fprintf(stderr, "usage: test_module libp11bridge.so\n");
+    return 2;
+  }
+  const char *pin = env("P11BRIDGE_TEST_PIN"), *label = env("P11BRIDGE_TEST_LABEL");
+  char info_env[512];
+  snprintf(info_env, sizeof info_env, "%s", env("P11BRIDGE_TEST_INFO"));
+  char *want_manuf = strtok(info_env, "|"), *want_desc = strtok(NULL, "|"), *want_ver = strtok(NULL, "|");
+  char digests[1024];
+  snprintf(digests, sizeof digests, "%s", env("P11BRIDGE_TEST_DIGESTS"));
+
+  void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+  if (!h) {
+    fprintf(stderr, "dlopen: %s\n", dlerror());
+    return 2;
+  }
+  CK_C_GetFunctionList gfl;
+  *(void **)&gfl = dlsym(h, "C_GetFunctionList");
+  check(gfl != NULL, "C_GetFunctionList exported");
+  RV(gfl(&f), CKR_OK);
+  check(f->version.major == 2 && f->version.minor == 40, "function list version %d.%d", f->version.major, f->version.minor);
+  void **entries = (void **)&f->C_Initialize;
+  int nonnull = 0;
+  for (int i = 0; i < 68; i++) nonnull += entries[i] != NULL;
+  check(nonnull == 68, "68 entries, %d non-NULL", nonnull);
+  check(dlsym(h, "pb_client_call") == NULL, "internal symbols are hidden");
+
+  /* ---- before C_Initialize: garbage arguments are never touched ---- */
+  RV(f->C_GetInfo((CK_INFO_PTR)1), CKR_CRYPTOKI_NOT_INITIALIZED);
+  RV(f->C_GetSlotList(CK_TRUE, (CK_SLOT_ID_PTR)1, (CK_ULONG_PTR)1), CKR_CRYPTOKI_NOT_INITIALIZED);
+  RV(f->C_Sign(1, (CK_BYTE_PTR)1, 99, (CK_BYTE_PTR)1, (CK_ULONG_PTR)1), CKR_CRYPTOKI_NOT_INITIALIZED);
+  RV(f->C_WaitForSlotEvent(0, (CK_SLOT_ID_PTR)1, NULL), CKR_CRYPTOKI_NOT_INITIALIZED);
+  RV(f->C_Finalize(NULL), CKR_CRYPTOKI_NOT_INITIALIZED);
+
+  /* ---- C_Initialize variants ---- */
+  CK_C_INITIALIZE_ARGS bad = {NULL, NULL, NULL, NULL, 0, (CK_VOID_PTR)1};
+  RV(f->C_Initialize(&bad), CKR_ARGUMENTS_BAD);
+  CK_C_INITIALIZE_ARGS partial = {app_create, NULL, NULL, NULL, 0, NULL};
+  RV(f->C_Initialize(&partial), CKR_ARGUMENTS_BAD);
+  RV(f->C_Initialize(NULL), CKR_OK);
+  RV(f->C_Initialize(NULL), CKR_CRYPTOKI_ALREADY_INITIALIZED);
+  RV(f->C_Finalize((CK_VOID_PTR)1), CKR_ARGUMENTS_BAD);
+  RV(f->C_Finalize(NULL), CKR_OK);
+  RV(f->C_GetInfo((CK_INFO_PTR)1), CKR_CRYPTOKI_NOT_INITIALIZED);
+  CK_C_INITIALIZE_ARGS cbs = {app_create, app_destroy, app_lock, app_unlock, 0, NULL};
+  RV(f->C_Initialize(&cbs), CKR_OK);
+  CK_INFO info;
+  RV(f->C_GetInfo(&info), CKR_OK);
+  RV(f->C_Finalize(NULL), CKR_OK);
+  check(n_create == 1 && n_destroy == 1, "application mutex created %d / destroyed %d", n_create, n_destroy);
+  check(n_lock >= 2 && n_lock == n_unlock, "application mutex locked %d / unlocked %d", n_lock, n_unlock);
+  CK_C_INITIALIZE_ARGS os = {NULL, NULL, NULL, NULL, CKF_OS_LOCKING_OK, NULL};
+  RV(f->C_Initialize(&os), CKR_OK);
+
+  /* ---- info, slots, token ---- */
+  memset(&info, 0, sizeof info);
+  RV(f->C_GetInfo(&info), CKR_OK);
+  char ver[16];
+  snprintf(ver, sizeof ver, "%u.%u", info.libraryVersion.major, info.libraryVersion.minor);
+  check(padded_eq(info.manufacturerID, 32, want_manuf) && padded_eq(info.libraryDescription, 32, want_desc) &&
+            !strcmp(ver, want_ver) && info.cryptokiVersion.major == 2,
+        "C_GetInfo equals the module's (%.32s / %.32s / %s)", info.manufacturerID, info.libraryDescription, ver);
+  CK_ULONG n = 0;
+  RV(f->C_GetSlotList(CK_FALSE, NULL, &n), CKR_OK);
+  check(n == 2, "slot count %lu (an initialized token and a free slot)", (unsigned long)n);
+  CK_SLOT_ID slots[8];
+  CK_ULONG n1 = 1;
+  RV(f->C_GetSlotList(CK_FALSE, slots, &n1), CKR_BUFFER_TOO_SMALL);
+  check(n1 == 2, "BUFFER_TOO_SMALL gives the count (%lu)", (unsigned long)n1);
+  n = 8;
+  RV(f->C_GetSlotList(CK_TRUE, slots, &n), CKR_OK);
+  check(n >= 1, "slots with a token: %lu", (unsigned long)n);
+  CK_SLOT_ID slot = slots[0];
+  CK_SLOT_INFO si;
+  RV(f->C_GetSlotInfo(slot, &si), CKR_OK);
+  check(si.flags & CKF_TOKEN_PRESENT, "slot has a token");
+  CK_TOKEN_INFO ti;
+  RV(f->C_GetTokenInfo(slot, &ti), CKR_OK);
+  check(padded_eq(ti.label, 32, label), "token label '%.32s'", ti.label);
+  RV(f->C_GetTokenInfo(0xdeadbeef, &ti), CKR_SLOT_ID_INVALID);
+
+  /* ---- mechanisms ---- */
+  n = 0;
+  RV(f->C_GetMechanismList(slot, NULL, &n), CKR_OK);
+  check(n > 10, "mechanism count %lu", (unsigned long)n);
+  CK_MECHANISM_TYPE *mechs = calloc(n, sizeof *mechs);
+  CK_ULONG n2 = n;
+  RV(f->C_GetMechanismList(slot, mechs, &n2), CKR_OK);
+  int has_cbc_pad = 0;
+  for (CK_ULONG i = 0; i < n2; i++) has_cbc_pad |= mechs[i] == CKM_AES_CBC_PAD;
+  check(n2 == n && has_cbc_pad, "mechanism list fetched (%lu) with CKM_AES_CBC_PAD", (unsigned long)n2);
+  free(mechs);
+  CK_MECHANISM_INFO mi;
+  RV(f->C_GetMechanismInfo(slot, CKM_RSA_PKCS_KEY_PAIR_GEN, &mi), CKR_OK);
+  check(mi.ulMaxKeySize >= 2048 && (mi.flags & CKF_GENERATE_KEY_PAIR), "RSA keygen mechanism info");
+
+  /* ---- session, login ---- */
+  CK_SESSION_HANDLE s;
+  RV(f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+  CK_SESSION_INFO sinfo;
+  RV(f->C_GetSessionInfo(s, &sinfo), CKR_OK);
+  check(sinfo.slotID == slot && sinfo.state == CKS_RW_PUBLIC_SESSION, "session info");
+  RV(f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR) "wrong-pin", 9), CKR_PIN_INCORRECT);
+  RV(f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin)), CKR_OK);
+  RV(f->C_GetSessionInfo(s, &sinfo), CKR_OK);
+  check(sinfo.state == CKS_RW_USER_FUNCTIONS, "logged in");
+
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_OBJECT_CLASS secret = CKO_SECRET_KEY;
+  CK_KEY_TYPE aes = CKK_AES;
+  CK_ULONG len32 = 32;
+
+  /* ---- AES key, CBC-PAD: length query, BUFFER_TOO_SMALL, success ---- */
+  CK_ATTRIBUTE aes_t[] = {{CKA_CLASS, &secret, sizeof secret}, {CKA_KEY_TYPE, &aes, sizeof aes},
+                          {CKA_VALUE_LEN, &len32, sizeof len32}, {CKA_TOKEN, &no, 1},
+                          {CKA_ENCRYPT, &yes, 1}, {CKA_DECRYPT, &yes, 1}, {CKA_SENSITIVE, &yes, 1},
+                          {CKA_LABEL, "aes-test", 8}};
+  CK_MECHANISM kg = {CKM_AES_KEY_GEN, NULL, 0};
+  CK_OBJECT_HANDLE aes_key = 0;
+  RV(f->C_GenerateKey(s, &kg, aes_t, 8, &aes_key), CKR_OK);
+  unsigned char iv[16] = "0123456789abcdef", data[40], ct[64], pt[64];
+  memset(data, 'x', sizeof data);
+  CK_MECHANISM cbc = {CKM_AES_CBC_PAD, iv, sizeof iv};
+  RV(f->C_EncryptInit(s, &cbc, aes_key), CKR_OK);
+  CK_ULONG ctl = 0;
+  RV(f->C_Encrypt(s, data, sizeof data, NULL, &ctl), CKR_OK);
+  check(ctl == 48, "CBC-PAD length query: %lu", (unsigned long)ctl);
+  ctl = 8;
+  RV(f->C_Encrypt(s, data, sizeof data, ct, &ctl), CKR_BUFFER_TOO_SMALL);
+  check(ctl == 48, "BUFFER_TOO_SMALL gives the length: %lu", (unsigned long)ctl);
+  ctl = sizeof ct;
+  RV(f->C_Encrypt(s, data, sizeof data, ct, &ctl), CKR_OK); /* the operation stayed active */
+  check(ctl == 48, "ciphertext length %lu", (unsigned long)ctl);
+  RV(f->C_Encrypt(s, data, sizeof data, ct, &ctl), CKR_OPERATION_NOT_INITIALIZED);
+  RV(f->C_DecryptInit(s, &cbc, aes_key), CKR_OK);
+  CK_ULONG ptl = sizeof pt;
+  RV(f->C_Decrypt(s, ct, 48, pt, &ptl), CKR_OK);
+  check(ptl == sizeof data && !memcmp(pt, data, sizeof data), "CBC-PAD round trip");
+
+  /* ---- AES-GCM: a structured parameter; a wrong size is refused locally ---- */
+  CK_GCM_PARAMS gcm = {iv, 12, 96, (CK_BYTE_PTR) "aad", 3, 128};
+  CK_MECHANISM gm = {CKM_AES_GCM, &gcm, sizeof gcm - 1};
+  RV(f->C_EncryptInit(s, &gm, aes_key), CKR_MECHANISM_PARAM_INVALID);
+  gm.ulParameterLen = sizeof gcm;
+  RV(f->C_EncryptInit(s, &gm, aes_key), CKR_OK);
+  ctl = sizeof ct;
+  RV(f->C_Encrypt(s, data, 16, ct, &ctl), CKR_OK);
+  check(ctl == 32, "GCM ciphertext+tag %lu", (unsigned long)ctl);
+  RV(f->C_DecryptInit(s, &gm, aes_key), CKR_OK);
+  ptl = sizeof pt;
+  RV(f->C_Decrypt(s, ct, ctl, pt, &ptl), CKR_OK);
+  check(ptl == 16 && !memcmp(pt, data, 16), "GCM round trip");
+
+  /* ---- RSA-2048 key pair, SHA256-RSA-PKCS ---- */
+  CK_ULONG bits = 2048;
+  CK_BYTE e[] = {1, 0, 1};
+  CK_ATTRIBUTE pub_t[] = {{CKA_TOKEN, &no, 1}, {CKA_VERIFY, &yes, 1}, {CKA_MODULUS_BITS, &bits, sizeof bits},
+                          {CKA_PUBLIC_EXPONENT, e, 3}, {CKA_LABEL, "rsa-test", 8}};
+  CK_ATTRIBUTE priv_t[] = {{CKA_TOKEN, &no, 1}, {CKA_SIGN, &yes, 1}, {CKA_SENSITIVE, &yes, 1},
+                           {CKA_PRIVATE, &yes, 1}, {CKA_LABEL, "rsa-test", 8}};
+  CK_MECHANISM rkg = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
+  CK_OBJECT_HANDLE rpub = 0, rpriv = 0;
+  RV(f->C_GenerateKeyPair(s, &rkg, pub_t, 5, priv_t, 5, &rpub, &rpriv), CKR_OK);
+  CK_MECHANISM rs = {CKM_SHA256_RSA_PKCS, NULL, 0};
+  unsigned char sig[512];
+  CK_ULONG sl = 0;
+  RV(f->C_SignInit(s, &rs, rpriv), CKR_OK);
+  RV(f->C_Sign(s, (CK_BYTE_PTR) "hello", 5, NULL, &sl), CKR_OK);
+  check(sl == 256, "RSA signature length query %lu", (unsigned long)sl);
+  RV(f->C_Sign(s, (CK_BYTE_PTR) "hello", 5, sig, &sl), CKR_OK);
+  RV(f->C_VerifyInit(s, &rs, rpub), CKR_OK);
+  RV(f->C_Verify(s, (CK_BYTE_PTR) "hello", 5, sig, sl), CKR_OK);
+  sig[10] ^= 1;
+  RV(f->C_VerifyInit(s, &rs, rpub), CKR_OK);
+  RV(f->C_Verify(s, (CK_BYTE_PTR) "hello", 5, sig, sl), CKR_SIGNATURE_INVALID);
+
+  /* ---- EC P-256 key pair, ECDSA ---- */
+  CK_BYTE p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+  CK_ATTRIBUTE ecpub_t[] = {{CKA_TOKEN, &no, 1}, {CKA_VERIFY, &yes, 1}, {CKA_EC_PARAMS, p256, sizeof p256},
+                            {CKA_LABEL, "ec-test", 7}};
+  CK_ATTRIBUTE ecpriv_t[] = {{CKA_TOKEN, &no, 1}, {CKA_SIGN, &yes, 1}, {CKA_SENSITIVE, &yes, 1},
+                             {CKA_LABEL, "ec-test", 7}};
+  CK_MECHANISM ekg = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
+  CK_OBJECT_HANDLE epub = 0, epriv = 0;
+  RV(f->C_GenerateKeyPair(s, &ekg, ecpub_t, 4, ecpriv_t, 4, &epub, &epriv), CKR_OK);
+  CK_MECHANISM ecdsa = {CKM_ECDSA, NULL, 0};
+  unsigned char hash[32];
+  memset(hash, 0x5a, sizeof hash);
+  sl = sizeof sig;
+  RV(f->C_SignInit(s, &ecdsa, epriv), CKR_OK);
+  RV(f->C_Sign(s, hash, 32, sig, &sl), CKR_OK);
+  check(sl == 64, "ECDSA P-256 signature length %lu", (unsigned long)sl);
+  RV(f->C_VerifyInit(s, &ecdsa, epub), CKR_OK);
+  RV(f->C_Verify(s, hash, 32, sig, sl), CKR_OK);
+
+  /* ---- C_GetAttributeValue: lengths, values, sensitive, too small ---- */
+  {
+    CK_OBJECT_CLASS cls = 0;
+    CK_BBOOL sign = 0;
+    unsigned char small[10];
+    CK_ATTRIBUTE q[] = {{CKA_CLASS, &cls, sizeof cls}, {CKA_MODULUS, NULL, 0}, {CKA_PRIVATE_EXPONENT, small, sizeof small},
+                        {CKA_SIGN, &sign, 1}, {CKA_KEY_TYPE, NULL, 0}, {CKA_LABEL, NULL, 0}};
+    RV(f->C_GetAttributeValue(s, rpriv, q, 6), CKR_ATTRIBUTE_SENSITIVE);
+    check(q[0].ulValueLen == sizeof cls && cls == CKO_PRIVATE_KEY, "CKA_CLASS value");
+    check(q[1].ulValueLen == 256, "CKA_MODULUS length %lu", (unsigned long)q[1].ulValueLen);
+    check(q[2].ulValueLen == CK_UNAVAILABLE_INFORMATION, "CKA_PRIVATE_EXPONENT sensitive");
+    check(q[3].ulValueLen == 1 && sign == CK_TRUE, "CKA_SIGN value");
+    check(q[4].ulValueLen == sizeof(CK_ULONG), "CKA_KEY_TYPE length in host units %lu", (unsigned long)q[4].ulValueLen);
+    check(q[5].ulValueLen == 8, "CKA_LABEL length %lu", (unsigned long)q[5].ulValueLen);
+    unsigned char mod[256];
+    CK_ATTRIBUTE q2[] = {{CKA_MODULUS, small, sizeof small}, {CKA_LABEL, mod, sizeof mod}};
+    RV(f->C_GetAttributeValue(s, rpub, q2, 2), CKR_BUFFER_TOO_SMALL);
+    check(q2[0].ulValueLen == CK_UNAVAILABLE_INFORMATION, "too small buffer -> CK_UNAVAILABLE_INFORMATION");
+    check(q2[1].ulValueLen == 8 && !memcmp(mod, "rsa-test", 8), "the other attribute still delivered");
+    CK_ATTRIBUTE q3[] = {{CKA_MODULUS, mod, sizeof mod}, {0x80001234UL, small, sizeof small}};
+    RV(f->C_GetAttributeValue(s, rpub, q3, 2), CKR_ATTRIBUTE_TYPE_INVALID);
+    check(q3[0].ulValueLen == 256 && q3[1].ulValueLen == CK_UNAVAILABLE_INFORMATION, "type invalid");
+  }
+
+  /* ---- find, destroy ---- */
+  {
+    CK_ATTRIBUTE ft[] = {{CKA_LABEL, "rsa-test", 8}};
+    CK_OBJECT_HANDLE found[10];
+    CK_ULONG nf = 0;
+    RV(f->C_FindObjectsInit(s, ft, 1), CKR_OK);
+    RV(f->C_FindObjects(s, found, 10, &nf), CKR_OK);
+    RV(f->C_FindObjectsFinal(s), CKR_OK);
+    check(nf == 2, "found %lu rsa-test objects", (unsigned long)nf);
+    RV(f->C_DestroyObject(s, epub), CKR_OK);
+    RV(f->C_DestroyObject(s, epriv), CKR_OK);
+    CK_ATTRIBUTE ft2[] = {{CKA_LABEL, "ec-test", 7}};
+    RV(f->C_FindObjectsInit(s, ft2, 1), CKR_OK);
+    nf = 99;
+    RV(f->C_FindObjects(s, found, 10, &nf), CKR_OK);
+    RV(f->C_FindObjectsFinal(s), CKR_OK);
+    check(nf == 0, "destroyed objects are gone (%lu)", (unsigned long)nf);
+    CK_ULONG size = 0;
+    RV(f->C_GetObjectSize(s, epub, &size), CKR_OBJECT_HANDLE_INVALID);
+  }
+
+  /* ---- local argument checks ---- */
+  {
+    CK_ATTRIBUTE *big = calloc(1025, sizeof *big);
+    CK_OBJECT_HANDLE o;
+    RV(f->C_CreateObject(s, big, 1025, &o), CKR_ARGUMENTS_BAD);
+    free(big);
+    RV(f->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, NULL), CKR_ARGUMENTS_BAD);
+    RV(f->C_Encrypt(s, NULL, 5, ct, &ctl), CKR_ARGUMENTS_BAD);
+    unsigned char r[16];
+    RV(f->C_GenerateRandom(s, r, 2u << 20), CKR_ARGUMENTS_BAD);
+  }
+
+  /* ---- passed through ---- */
+  {
+    CK_SLOT_ID ev;
+    CK_RV rv = f->C_WaitForSlotEvent(CKF_DONT_BLOCK, &ev, NULL);
+    check(rv == CKR_FUNCTION_NOT_SUPPORTED || rv == CKR_NO_EVENT, "C_WaitForSlotEvent passes the module's rv (0x%lx)", (unsigned long)rv);
+    rv = f->C_GetFunctionStatus(s);
+    check(rv == CKR_FUNCTION_NOT_PARALLEL, "C_GetFunctionStatus passes the module's rv (0x%lx)", (unsigned long)rv);
+  }
+
+  /* ---- 8 threads x 200 calls ---- */
+  {
+    pthread_t th[8];
+    thread_arg ta[8];
+    char *save = NULL, *tok = strtok_r(digests, ",", &save);
+    for (int i = 0; i < 8; i++) {
+      memset(&ta[i], 0, sizeof ta[i]);
+      ta[i].idx = i;
+      ta[i].slot = slot;
+      snprintf(ta[i].want, sizeof ta[i].want, "%s", tok ? tok : "");
+      tok = strtok_r(NULL, ",", &save);
+      pthread_create(&th[i], NULL, worker, &ta[i]);
+    }
+    for (int i = 0; i < 8; i++) {
+      pthread_join(th[i], NULL);
+      check(ta[i].ok_random == 100 && ta[i].ok_digest == 100, "thread %d: %d/100 random, %d/100 digests right", i,
+            ta[i].ok_random, ta[i].ok_digest);
+    }
+  }
+
+  /* ---- fork: the child is not initialized until its own C_Initialize, which
+   * opens a connection of its own; then both processes share the port, each
+   * round trip under the device's flock ---- */
+  {
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+      int bad = 0;
+      CK_INFO ci;
+      if (f->C_GetInfo(&ci) != CKR_CRYPTOKI_NOT_INITIALIZED) bad |= 1;
+      if (f->C_Finalize(NULL) != CKR_CRYPTOKI_NOT_INITIALIZED) bad |= 2;
+      if (f->C_Initialize(NULL) != CKR_OK) bad |= 4;
+      CK_SESSION_HANDLE cs;
+      if (f->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &cs) != CKR_OK) bad |= 8;
+      for (int i = 0; i < 100; i++) {
+        unsigned char r[16];
+        if (f->C_GenerateRandom(cs, r, sizeof r) != CKR_OK) bad |= 16;
+      }
+      if (f->C_Finalize(NULL) != CKR_OK) bad |= 32;
+      _exit(bad);
+    }
+    int ok = 0;
+    for (int i = 0; i < 100; i++) ok += f->C_GetInfo(&info) == CKR_OK; /* meanwhile, in the parent */
+    check(ok == 100, "parent calls while the child uses the port: %d/100", ok);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    check(WIFEXITED(st) && WEXITSTATUS(st) == 0, "fork child: status 0x%x", st);
+    RV(f->C_GetInfo(&info), CKR_OK); /* the parent's connection is undisturbed */
+    CK_SESSION_INFO si2;
+    RV(f->C_GetSessionInfo(s, &si2), CKR_OK);
+  }
+
+  /* ---- finalize ---- */
+  RV(f->C_Logout(s), CKR_OK);
+  RV(f->C_CloseSession(s), CKR_OK);
+  RV(f->C_Finalize(NULL), CKR_OK);
+  RV(f->C_GetInfo(&info), CKR_CRYPTOKI_NOT_INITIALIZED);
+  RV(f->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s), CKR_CRYPTOKI_NOT_INITIALIZED);
+  RV(f->C_Initialize(NULL), CKR_OK); /* and again */
+  RV(f->C_GetInfo(&info), CKR_OK);
+  RV(f->C_Finalize(NULL), CKR_OK);
+  dlclose(h);
+
+  if (failures) {
+    printf("test_module: %d of %d checks failed\n", failures, checks);
+    return 1;
+  }
+  printf("test_module: %d checks passed\n", checks);
+  return 0;
+}
