@@ -3,12 +3,21 @@
 // finalization of one never reach another, and a module instance that
 // crashes or hangs takes down only its own app. Several processes share one
 // port, and one killed in the middle of a call does not wedge it.
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { packageRoot } from '../../src/paths.js';
 import { createToken, type SoftHsmToken } from '../helpers/softhsm.js';
 import { createPtyPair, type PtyPair } from '../helpers/pty.js';
 import { startDaemon, type Daemon } from '../helpers/daemon.js';
 import { startGuest, type Guest } from '../helpers/guest.js';
 
+const run = promisify(execFile);
+const MODULE_SO = join(packageRoot(), 'native', 'build', 'libp11bridge.so');
 const CKF_RW_SERIAL = 6, CKU_USER = 1;
 const CKS_RW_PUBLIC_SESSION = 2, CKS_RW_USER_FUNCTIONS = 3;
 const CKR_SESSION_HANDLE_INVALID = 0xb3, CKR_OBJECT_HANDLE_INVALID = 0x82, CKR_DEVICE_ERROR = 0x30;
@@ -130,7 +139,25 @@ describe('a module instance that crashes or hangs', () => {
 });
 
 describe('several processes on one port', () => {
-  it('four processes hammering one port all get their own answers, and one killed mid-call does not wedge it', async () => {
+  it('eight processes, Node apps and pkcs11-tool through libp11bridge.so, hammering one port all get their own answers, and one killed mid-call does not wedge it', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'p11b-hammer-'));
+    // C programs through the native module: each pkcs11-tool run is a whole
+    // lifecycle (C_Initialize .. C_Finalize) hashing a file of its own.
+    const toolWorker = async (id: number, n: number) => {
+      let ok = 0;
+      for (let i = 0; i < n; i++) {
+        const input = join(dir, `in-${id}-${i}`);
+        const output = join(dir, `out-${id}-${i}`);
+        const data = Buffer.from(`pkcs11-tool worker ${id} run ${i} `.repeat(1 + i));
+        await writeFile(input, data);
+        await run('pkcs11-tool', ['--module', MODULE_SO, '--hash', '-m', 'SHA256', '-i', input, '-o', output], {
+          env: { ...process.env, TEC_COMM_PORT: ptyB.guestPath, SOFTHSM2_CONF: '/nonexistent/softhsm2.conf', P11BRIDGE_TIMEOUT_MS: '8000' },
+        });
+        if (!(await readFile(output)).equals(createHash('sha256').update(data).digest())) throw new Error(`pkcs11-tool worker ${id}: wrong digest at run ${i}`);
+        ok++;
+      }
+      return ok;
+    };
     const workers = await Promise.all([0, 1, 2, 3].map(() => app(ptyB.guestPath, 8000)));
     const loop = (id: number, n: number) => `
       const { createHash } = await import('node:crypto');
@@ -152,9 +179,12 @@ describe('several processes on one port', () => {
       for (;;) await c.C_GenerateKeyPair(s, { mechanism: 0 }, [{ type: 0x121, value: 2048 }, { type: 0x122, value: Buffer.from([1, 0, 1]) }], [{ type: 0x108, value: true }]);
     `).catch(() => 'killed');
     const runs = workers.map((w, i) => w.eval(loop(i, 150)));
+    const tools = [0, 1, 2, 3].map((i) => toolWorker(i, 12));
     await new Promise((r) => setTimeout(r, 700));
     await doomed.kill('SIGKILL');
     expect(await doomedRun).toBe('killed');
     expect(await Promise.all(runs)).toEqual([150, 150, 150, 150]);
+    expect(await Promise.all(tools)).toEqual([12, 12, 12, 12]);
+    await rm(dir, { recursive: true, force: true });
   });
 });
