@@ -8,7 +8,11 @@ import { Pkcs11Client } from '../src/index.js';
 import { createToken, SOFTHSM_MODULE } from '../src/lab/softhsm.js';
 import { createPtyPair } from '../src/lab/pty.js';
 import { spawnDaemon } from '../src/lab/daemon.js';
-import { packageRoot } from '../src/paths.js';
+import { defaultExecutorPath, packageRoot } from '../src/paths.js';
+import { Executor } from '../src/server/executor.js';
+import { encodeCall } from '../src/protocol/codec.js';
+import { callByName } from '../src/protocol/table.js';
+import { unpack } from '../src/protocol/msgpack.js';
 
 const APPS = 6;
 const N = Number(process.env.BENCH_FAIRNESS ?? 500);
@@ -17,6 +21,28 @@ const pssKb = (pid: number) => Number(/^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 const token = await createToken({ label: 'bench' });
+
+// The isolation's own cost per call: one round trip over the pipe to an app's
+// executor, measured without the serial line.
+async function executorRoundTrip(): Promise<number> {
+  const ex = new Executor({ executable: defaultExecutorPath(), module: SOFTHSM_MODULE, maxPayload: 1 << 20, env: { ...process.env, ...token.env } });
+  const ask = async (name: string, args: unknown[]) => {
+    const r = await ex.call(encodeCall(callByName(name), args));
+    if (!r.ok) throw new Error(r.message);
+    return unpack(r.payload) as unknown[];
+  };
+  await ask('C_Initialize', []);
+  const [, slots] = await ask('C_GetSlotList', [true, true]);
+  const [, session] = await ask('C_OpenSession', [(slots as number[])[0], 6]);
+  const payload = encodeCall(callByName('C_GenerateRandom'), [session, 32]);
+  for (let i = 0; i < 200; i++) await ex.call(payload);
+  const t0 = process.hrtime.bigint();
+  for (let i = 0; i < 2000; i++) await ex.call(payload);
+  const us = Number(process.hrtime.bigint() - t0) / 1e3 / 2000;
+  await ex.close();
+  return us;
+}
+const pipeUs = await executorRoundTrip();
 const ptyA = await createPtyPair();
 const ptyB = await createPtyPair();
 const daemon = await spawnDaemon({ module: SOFTHSM_MODULE, ports: [ptyA.serverPath, ptyB.serverPath], env: token.env });
@@ -101,4 +127,5 @@ console.log(`  executor PSS per app              ${(avg(pss) / 1024).toFixed(2)}
 console.log(`  daemon PSS                        ${(daemonPss / 1024).toFixed(1)} MiB`);
 console.log(`  set-up per app (HELLO + C_Initialize)  median ${median(setupMs).toFixed(1)} ms   (goal < 50 ms)`);
 console.log(`  C_GenerateRandom(32) on port B     median ${median(idle).toFixed(0)} µs with A idle, ${median(busy).toFixed(0)} µs with A generating RSA-4096 keys (${keys - startKeys} generated meanwhile, ${busy.length} samples)`);
+console.log(`  executor pipe round trip, C_GenerateRandom(32)  ${pipeUs.toFixed(1)} µs (the isolation's cost per call, without the serial line)`);
 console.log(`  fairness ratio                    ${(median(busy) / median(idle)).toFixed(2)}   (goal < 2)`);
