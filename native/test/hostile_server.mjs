@@ -4,7 +4,7 @@
 import { encodeFrame, FrameType } from '../../dist/src/protocol/frame.js';
 import { Deframer } from '../../dist/src/protocol/deframer.js';
 import { pack } from '../../dist/src/protocol/msgpack.js';
-import { openSerial } from '../../dist/src/transport/serial.js';
+import { openSerial } from '../../dist/src/transport/server-port.js';
 
 const CONN = 0x1a2b3c4d;
 const INFO = [[2, 40], Buffer.from('Hostile'.padEnd(32)), 0, Buffer.from('Not a module'.padEnd(32)), [0, 1]];
