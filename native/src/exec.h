@@ -29,6 +29,7 @@ typedef struct {
   CK_ULONG *ulp;
   CK_ULONG count;
   CK_ULONG cap;
+  uint64_t asked;  /* outbytes/outlist: the capacity the caller asked for (cap may be clamped) */
   int mode;
   CK_ATTRIBUTE *tmpl;
   unsigned char *want;
@@ -43,6 +44,16 @@ typedef struct {
 } pb_slot;
 
 extern CK_C_INITIALIZE_ARGS pb_exec_init_args;
+
+/* exec_handle.c: the request interpreter */
+#define PB_EXEC_DEFAULT_MAX_PAYLOAD 1048576UL
+extern CK_FUNCTION_LIST_PTR pb_exec_fl;  /* the module's function list */
+extern size_t pb_exec_max_payload;
+extern int pb_exec_initialized;          /* the app's C_Initialize succeeded, no C_Finalize since */
+extern int pb_exec_debug;                /* diagnostics on stderr */
+/* One request payload [id, args...] in buf[0..len) -> the answer appended to
+ * sb: [rv, results...] or an error map {rv, message}. Treats buf as hostile. */
+void pb_exec_handle(const unsigned char *buf, size_t len, msgpack_sbuffer *sb);
 
 /* generated */
 CK_RV pb_invoke(CK_FUNCTION_LIST_PTR fl, unsigned id, pb_slot *a);

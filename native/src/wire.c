@@ -256,7 +256,9 @@ int pb_unpack_mechanism(const msgpack_object *o, CK_MECHANISM *m, pb_arena *ar, 
   }
   case MSGPACK_OBJECT_ARRAY: {
     const pb_struct_desc *d = pb_mech_param_desc(m->mechanism);
-    if (!d) return pb_fail_rv(err, CKR_MECHANISM_PARAM_INVALID);
+    /* no known structure, or kind ULONG (no fields: it travels as an
+     * unsigned integer, and [] must not become 0) */
+    if (!d || d->nfields == 0) return pb_fail_rv(err, CKR_MECHANISM_PARAM_INVALID);
     void *s = pb_arena_alloc(ar, d->size);
     if (!s) return pb_fail_rv(err, CKR_HOST_MEMORY);
     if (pb_unpack_struct(p, d, s, &sub) != PB_OK) return pb_fail(err, "mechanism parameter %s", sub.msg);

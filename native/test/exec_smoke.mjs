@@ -27,7 +27,7 @@ const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsTyp
 const CKR = { OK: 0, ARGUMENTS_BAD: 7, ATTRIBUTE_SENSITIVE: 0x11, ATTRIBUTE_TYPE_INVALID: 0x12,
   FUNCTION_NOT_SUPPORTED: 0x54, MECHANISM_PARAM_INVALID: 0x71, OBJECT_HANDLE_INVALID: 0x82,
   OPERATION_NOT_INITIALIZED: 0x91, PIN_INCORRECT: 0xa0, SESSION_HANDLE_INVALID: 0xb3,
-  SIGNATURE_INVALID: 0xc0, BUFFER_TOO_SMALL: 0x150, CRYPTOKI_NOT_INITIALIZED: 0x190 };
+  SIGNATURE_INVALID: 0xc0, BUFFER_TOO_SMALL: 0x150, DEVICE_MEMORY: 0x31, CRYPTOKI_NOT_INITIALIZED: 0x190 };
 const ID = { describe: 0, C_Initialize: 1, C_Finalize: 2, C_GetInfo: 3, C_GetFunctionList: 4,
   C_GetSlotList: 5, C_GetSlotInfo: 6, C_GetTokenInfo: 7, C_GetMechanismList: 8,
   C_GetMechanismInfo: 9, C_InitToken: 10, C_OpenSession: 13, C_CloseSession: 14,
@@ -365,6 +365,11 @@ async function main() {
   const ip = await ex.call(ID.C_EncryptInit, h, [CKM.AES_CBC_PAD, 7], wk);
   ok(Array.isArray(ip) && ip.length === 1 && ip[0] !== 0, `int parameter answered by the module: ${show(ip)}`);
 
+  // a kind-ULONG parameter (CKM_SHA256_HMAC_GENERAL) is an unsigned int: an
+  // array, even an empty one, is refused, never turned into 0
+  await expectRv(ex, [ID.C_SignInit, h, [0x252, []], wk], CKR.MECHANISM_PARAM_INVALID, 'ULONG-kind parameter as []');
+  await expectRv(ex, [ID.C_SignInit, h, [0x252, [16]], wk], CKR.MECHANISM_PARAM_INVALID, 'ULONG-kind parameter as [16]');
+
   await expectRv(ex, [ID.C_Finalize], 0, 'C_Finalize');
   await expectRv(ex, [ID.C_GetInfo], CKR.CRYPTOKI_NOT_INITIALIZED, 'after C_Finalize');
   const ex1 = await ex.close();
@@ -377,6 +382,16 @@ async function main() {
   await expectError(ex2, [ID.C_GenerateRandom, h2, 4097], CKR.ARGUMENTS_BAD, 'GenerateRandom above --max-payload');
   const [r2] = await expectRv(ex2, [ID.C_GenerateRandom, h2, 4096], 0, 'GenerateRandom at --max-payload');
   ok(isBin(r2, 4096), '4096 random bytes');
+  // an output larger than the payload limit, for a caller buffer that was
+  // large enough (served with a buffer of the limit): not BUFFER_TOO_SMALL
+  const [k2] = await expectRv(ex2, [ID.C_GenerateKey, h2, [CKM.AES_KEY_GEN], [
+    [CKA.CLASS, 4], [CKA.KEY_TYPE, 0x1f], [CKA.VALUE_LEN, 16], [CKA.ENCRYPT, true], [CKA.TOKEN, false], [CKA.PRIVATE, false]]], 0, 'GenerateKey (2)');
+  await expectRv(ex2, [ID.C_EncryptInit, h2, [CKM.AES_CBC, randomBytes(16)], k2], 0, 'EncryptInit CBC (2)');
+  await expectError(ex2, [ID.C_Encrypt, h2, Buffer.alloc(8192, 1), 10000], CKR.DEVICE_MEMORY, 'output beyond --max-payload',
+    /output of 8192 bytes exceeds the bridge's payload limit 4096/);
+  // (the operation stays active, as after any CKR_BUFFER_TOO_SMALL)
+  eq(await expectRv(ex2, [ID.C_Encrypt, h2, Buffer.alloc(8192, 1), 4000], CKR.BUFFER_TOO_SMALL, 'a caller buffer really too small'),
+    [8192], 'BUFFER_TOO_SMALL length');
   eq(await ex2.close(), { code: 0, sig: null }, 'exit without C_Finalize');
 
   // a message longer than the limit cannot be resynchronized: error, exit 2

@@ -39,6 +39,11 @@ const script = [
 const link = await openSerial(process.argv[2]);
 let step = 0;
 const send = (b) => link.write(b);
+// like a real server: a repeated request id (the module resends when an
+// answer does not come) is answered from the copy of the last answer, or
+// not at all while the first is still being "run"
+let lastReq = -1;
+let lastOut = null;
 const deframer = new Deframer(1 << 20, {
   frame: async (f) => {
     if (f.type & 0x80) return;
@@ -49,11 +54,18 @@ const deframer = new Deframer(1 << 20, {
     }
     if (f.type === FrameType.Bye) return send(encodeFrame(FrameType.ByeOk, CONN, f.req));
     if (f.type !== FrameType.Call) return;
+    if (f.req === lastReq) {
+      if (lastOut) for (const b of lastOut) await send(b);
+      return;
+    }
+    lastReq = f.req;
+    lastOut = null;
     const id = f.payload[1];
-    if (id === 1 || id === 2) return send(ok(f.req)); // C_Initialize / C_Finalize
-    if (id === 68) return send(res(f.req, pack([8]))); // C_WaitForSlotEvent: CKR_NO_EVENT
+    const answer = (frames) => { lastOut = frames; return Promise.all(frames.map(send)); };
+    if (id === 1 || id === 2) return answer([ok(f.req)]); // C_Initialize / C_Finalize
+    if (id === 68) return answer([res(f.req, pack([8]))]); // C_WaitForSlotEvent: CKR_NO_EVENT
     const s = script[step++];
-    if (!s) return send(ok(f.req, INFO));
+    if (!s) return answer([ok(f.req, INFO)]);
     const out = s(f.req);
     if (out === 'busy') {
       // longer than the client's silence timeout, kept alive by BUSY
@@ -61,8 +73,9 @@ const deframer = new Deframer(1 << 20, {
         await new Promise((r) => setTimeout(r, 200));
         await send(encodeFrame(FrameType.Busy, CONN, f.req));
       }
-      return send(ok(f.req, INFO));
+      return answer([ok(f.req, INFO)]);
     }
+    lastOut = out;
     for (const b of out) await send(b);
   },
   drop: () => {},

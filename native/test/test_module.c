@@ -187,7 +187,105 @@ static int hostile(void) {
   return 0;
 }
 
+/* Through test/fault_smoke.mjs's fault-injecting relay (frames dropped,
+ * corrupted, duplicated in both directions): every call completes exactly
+ * once. N session objects with unique labels are created, then found: exactly
+ * N; multi-part digests (a DigestUpdate run twice would change the digest)
+ * are right; C_Login is answered CKR_OK (a second run would be
+ * CKR_USER_ALREADY_LOGGED_IN); every object is destroyed once (a second run
+ * would be CKR_OBJECT_HANDLE_INVALID).
+ * env: P11BRIDGE_TEST_N (objects), P11BRIDGE_TEST_PIN, P11BRIDGE_TEST_DIGESTS. */
+static int faults(void) {
+  int n = atoi(env("P11BRIDGE_TEST_N"));
+  const char *pin = env("P11BRIDGE_TEST_PIN");
+  char want0[65];
+  snprintf(want0, sizeof want0, "%.64s", env("P11BRIDGE_TEST_DIGESTS"));
+  long calls = 0;
+#define FRV(expr, want) do { calls++; RV(expr, want); } while (0)
+  FRV(f->C_Initialize(NULL), CKR_OK);
+  CK_SLOT_ID slots[4];
+  CK_ULONG ns = 4;
+  FRV(f->C_GetSlotList(CK_TRUE, slots, &ns), CKR_OK);
+  CK_SESSION_HANDLE s = 0;
+  FRV(f->C_OpenSession(slots[0], CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+  FRV(f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin)), CKR_OK);
+  CK_OBJECT_CLASS data = CKO_DATA;
+  CK_BBOOL no = CK_FALSE;
+  const char *app = "p11bridge-faults";
+  CK_OBJECT_HANDLE *h = calloc((size_t)n + 16, sizeof *h);
+  int created = 0, digests = 0, digests_ok = 0;
+  for (int i = 0; i < n; i++) {
+    char label[32];
+    snprintf(label, sizeof label, "fault-object-%05d", i);
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &data, sizeof data}, {CKA_TOKEN, &no, 1}, {CKA_PRIVATE, &no, 1},
+                        {CKA_LABEL, label, strlen(label)}, {CKA_APPLICATION, (void *)app, strlen(app)},
+                        {CKA_VALUE, label, strlen(label)}};
+    CK_RV rv = f->C_CreateObject(s, t, 6, &h[i]);
+    calls++;
+    check(rv == CKR_OK, "C_CreateObject %d: rv 0x%lx", i, (unsigned long)rv);
+    created += rv == CKR_OK;
+    if (i % 10 == 0) { /* multi-part digest of "p11bridge thread 0" in three parts */
+      CK_MECHANISM m = {CKM_SHA256, NULL, 0};
+      unsigned char d[32];
+      CK_ULONG dl = sizeof d;
+      char hx[65];
+      digests++;
+      CK_RV r1 = f->C_DigestInit(s, &m), r2 = f->C_DigestUpdate(s, (CK_BYTE_PTR) "p11bridge", 9),
+            r3 = f->C_DigestUpdate(s, (CK_BYTE_PTR) " thread", 7), r4 = f->C_DigestUpdate(s, (CK_BYTE_PTR) " 0", 2),
+            r5 = f->C_DigestFinal(s, d, &dl);
+      calls += 5;
+      hex(d, 32, hx);
+      int good = r1 == CKR_OK && r2 == CKR_OK && r3 == CKR_OK && r4 == CKR_OK && r5 == CKR_OK && dl == 32 &&
+                 !strcmp(hx, want0);
+      check(good, "multi-part digest %d: rv 0x%lx 0x%lx 0x%lx 0x%lx 0x%lx", digests, (unsigned long)r1,
+            (unsigned long)r2, (unsigned long)r3, (unsigned long)r4, (unsigned long)r5);
+      digests_ok += good;
+    }
+  }
+  CK_ATTRIBUTE ft[] = {{CKA_APPLICATION, (void *)app, strlen(app)}};
+  CK_OBJECT_HANDLE *found = calloc((size_t)n + 16, sizeof *found);
+  CK_ULONG nf = 0;
+  FRV(f->C_FindObjectsInit(s, ft, 1), CKR_OK);
+  FRV(f->C_FindObjects(s, found, (CK_ULONG)n + 16, &nf), CKR_OK);
+  FRV(f->C_FindObjectsFinal(s), CKR_OK);
+  check(nf == (CK_ULONG)n, "found %lu objects, created %d", (unsigned long)nf, n);
+  int destroyed = 0;
+  for (int i = 0; i < n; i++) {
+    CK_RV rv = f->C_DestroyObject(s, h[i]);
+    calls++;
+    check(rv == CKR_OK, "C_DestroyObject %d: rv 0x%lx", i, (unsigned long)rv);
+    destroyed += rv == CKR_OK;
+  }
+  CK_ULONG nf2 = 99;
+  FRV(f->C_FindObjectsInit(s, ft, 1), CKR_OK);
+  FRV(f->C_FindObjects(s, found, (CK_ULONG)n + 16, &nf2), CKR_OK);
+  FRV(f->C_FindObjectsFinal(s), CKR_OK);
+  check(nf2 == 0, "%lu objects left after destroying", (unsigned long)nf2);
+  FRV(f->C_Logout(s), CKR_OK);
+  FRV(f->C_CloseSession(s), CKR_OK);
+  FRV(f->C_Finalize(NULL), CKR_OK);
+#undef FRV
+  free(h);
+  free(found);
+  printf("faults: %ld calls; %d/%d objects created, %lu found, %d destroyed, %lu left; %d/%d multi-part digests right\n",
+         calls, created, n, (unsigned long)nf, destroyed, (unsigned long)nf2, digests_ok, digests);
+  if (failures) {
+    printf("test_module: %d of %d checks failed\n", failures, checks);
+    return 1;
+  }
+  printf("test_module: %d checks passed (faults)\n", checks);
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  if (argc >= 3 && !strcmp(argv[2], "faults")) {
+    void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    CK_C_GetFunctionList gfl;
+    if (!h || !(*(void **)&gfl = dlsym(h, "C_GetFunctionList")) || gfl(&f) != CKR_OK) return 2;
+    int r = faults();
+    dlclose(h);
+    return r;
+  }
   if (argc >= 3 && !strcmp(argv[2], "hostile")) {
     void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
     CK_C_GetFunctionList gfl;

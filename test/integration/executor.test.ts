@@ -3,7 +3,9 @@
 // definite leaks), and mutation fuzzing of its input. The guest-side PKCS#11
 // module libp11bridge.so: the golden vectors through its C codecs byte for
 // byte, and end to end through the daemon over a pty pair (plus a hostile
-// server), also under valgrind. The scripts live in native/test.
+// server), also under valgrind; its retries through a fault-injecting relay
+// (exactly-once calls); the fuzzers' regression inputs replayed. The scripts
+// live in native/test and native/fuzz.
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
@@ -40,6 +42,29 @@ describe('native: p11bridge-exec and libp11bridge.so', () => {
     expect(stdout).toMatch(/test_module: \d+ checks passed \(hostile server\)/);
     expect(stdout).toMatch(/module_smoke: passed/);
   }, 120_000);
+
+  it('libp11bridge.so: through a line that loses and corrupts 5% of frames, every call completes exactly once', async () => {
+    const { stdout } = await make('check-faults');
+    expect(stdout).toMatch(/faults: \d+ calls; 100\/100 objects created, 100 found, 100 destroyed, 0 left; 10\/10 multi-part digests right/);
+    expect(stdout).toMatch(/calls answered after resending/);
+    expect(stdout).toMatch(/fault_smoke: passed/);
+  }, 300_000);
+
+  it('fuzzing regressions: every input that once crashed a decoder, and the seed corpus, replay cleanly', async () => {
+    const { stdout } = await make('check-fuzz-regressions');
+    expect(stdout).toMatch(/replay_exec: \d+ inputs replayed without a crash/);
+    expect(stdout).toMatch(/replay_module: \d+ inputs replayed without a crash/);
+  }, 300_000);
+
+  it('coverage-guided fuzzing (libFuzzer) of the executor and module decoders finds no crash in a bounded run', async () => {
+    const seconds = process.env.P11BRIDGE_FUZZ_SECONDS ?? '20';
+    const { stdout } = await run('make', ['-s', '-C', `${packageRoot()}/native`, 'fuzz', `FUZZ_SECONDS=${seconds}`], { maxBuffer: 16 << 20 });
+    // The figures (executions per target) go to the log for the notes.
+    console.log(stdout.split('\n').filter((l) => /number_of_executed_units|last:/.test(l)).join('\n'));
+    expect(stdout).not.toMatch(/FOUND A CRASH/);
+    expect(stdout).toMatch(/fuzz: exec .*number_of_executed_units/);
+    expect(stdout).toMatch(/fuzz: module .*number_of_executed_units/);
+  }, 600_000);
 
   it('libp11bridge.so: the same under valgrind with no errors', async () => {
     const { stdout, stderr } = await make('check-module-valgrind');

@@ -40,6 +40,9 @@ typedef struct {
 /* ---- marshal.c: a call's payload from/to slots (no I/O) ---- */
 /* CKR_OK if the caller's arguments can be sent, else the rv to answer. */
 CK_RV pb_client_check(const pb_call *c, const pb_cslot *a, size_t limit);
+/* About how many bytes the RESULT payload takes (from the caller's output
+ * capacities; at most limit): sizes the attempt timeout of the round trip. */
+size_t pb_client_expected_len(const pb_call *c, const pb_cslot *a, size_t limit);
 /* Packs [id, args...]. 0, or -1 when the packer failed (payload limit). */
 int pb_client_encode(msgpack_packer *pk, const pb_call *c, const pb_cslot *a);
 /* Decodes a RESULT payload [rv, results...] into the caller's memory.

@@ -97,7 +97,13 @@ int pb_frame_decode(unsigned char *piece, size_t n, pb_frame *f) {
   if (m < 0) return -1;
   if ((size_t)m < PB_MIN_FRAME) return -2;
   size_t end = (size_t)m - PB_CRC_SIZE;
+#ifndef PB_FUZZING
   if (crc(piece, end) != get32(piece + end)) return -3;
+#else
+  /* fuzz builds only (make fuzz): a CRC is a wall no mutation gets past, so
+   * the decoders behind it would never see a mutated payload */
+  (void)crc(piece, end);
+#endif
   f->version = piece[0];
   f->type = piece[1];
   f->flags = ((unsigned)piece[2] << 8) | piece[3];

@@ -96,6 +96,43 @@ CK_RV pb_client_check(const pb_call *c, const pb_cslot *a, size_t limit) {
   return CKR_OK;
 }
 
+size_t pb_client_expected_len(const pb_call *c, const pb_cslot *a, size_t limit) {
+  size_t n = 16; /* [rv, ...] */
+  for (unsigned i = 0; i < c->nres; i++) {
+    const pb_param *p = &c->res[i];
+    const pb_cslot *s = &a[p->slot];
+    size_t k = 9;
+    switch (p->kind) {
+    case PB_K_OUTBYTES:
+      if (s->p && s->lenp) k = *s->lenp > limit ? limit : (size_t)*s->lenp + 5;
+      break;
+    case PB_K_OUTLIST:
+      if (s->ulp && s->lenp) k = *s->lenp > limit / 9 ? limit : (size_t)*s->lenp * 9 + 5;
+      else if (s->mode == PB_CS_AUTO) k = 1024;
+      break;
+    case PB_K_OBJECTLIST:
+      k = a[p->aux].ul > limit / 9 ? limit : (size_t)a[p->aux].ul * 9 + 5;
+      break;
+    case PB_K_OUTFIXED:
+      k = s->len > limit ? limit : (size_t)s->len + 5;
+      break;
+    case PB_K_ATTRVALUES:
+      k = 5;
+      for (CK_ULONG j = 0; s->tmpl && j < s->count && k < limit; j++)
+        k += 10 + (s->tmpl[j].pValue && s->tmpl[j].ulValueLen < limit ? (size_t)s->tmpl[j].ulValueLen : 0);
+      break;
+    case PB_K_INFO: case PB_K_SLOTINFO: case PB_K_TOKENINFO: case PB_K_SESSIONINFO: case PB_K_MECHINFO:
+      k = 256;
+      break;
+    default:
+      break;
+    }
+    n += k;
+    if (n >= limit) return limit;
+  }
+  return n;
+}
+
 int pb_client_encode(msgpack_packer *pk, const pb_call *c, const pb_cslot *a) {
   int r = msgpack_pack_array(pk, 1 + c->nargs);
   if (r == 0) r = msgpack_pack_uint64(pk, c->id);

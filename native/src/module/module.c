@@ -102,6 +102,8 @@ typedef struct {
   char port[1024];
   unsigned long timeout_ms;
   unsigned long max_payload;
+  unsigned long retries;
+  unsigned long baud;
 } pb_config;
 
 static int parse_ulong(const char *s, unsigned long lo, unsigned long hi, unsigned long *out) {
@@ -132,6 +134,16 @@ static int set_key(pb_config *c, const char *key, const char *val, const char *w
       dbg("%s: timeout_ms must be 1 .. 3600000", where);
       return -1;
     }
+  } else if (!strcmp(key, "retries")) {
+    if (parse_ulong(val, 0, 100, &c->retries)) {
+      dbg("%s: retries must be 0 .. 100", where);
+      return -1;
+    }
+  } else if (!strcmp(key, "baud")) {
+    if (parse_ulong(val, 50, 100000000, &c->baud)) {
+      dbg("%s: baud must be 50 .. 100000000", where);
+      return -1;
+    }
   } else if (!strcmp(key, "max_payload")) {
     if (parse_ulong(val, 64, 1ul << 30, &c->max_payload)) {
       dbg("%s: max_payload must be 64 .. 2^30", where);
@@ -148,6 +160,8 @@ static int load_config(pb_config *c) {
   memset(c, 0, sizeof *c);
   c->timeout_ms = PB_DEFAULT_TIMEOUT_MS;
   c->max_payload = PB_DEFAULT_MAX_PAYLOAD;
+  c->retries = PB_DEFAULT_RETRIES;
+  c->baud = PB_DEFAULT_BAUD;
   const char *file = getenv("P11BRIDGE_CONFIG");
   if (file && *file) {
     FILE *f = fopen(file, "re");
@@ -180,6 +194,8 @@ static int load_config(pb_config *c) {
   if ((v = getenv("TEC_COMM_PORT")) && *v && set_key(c, "port", v, "TEC_COMM_PORT")) return -1;
   if ((v = getenv("P11BRIDGE_TIMEOUT_MS")) && *v && set_key(c, "timeout_ms", v, "P11BRIDGE_TIMEOUT_MS")) return -1;
   if ((v = getenv("P11BRIDGE_MAX_PAYLOAD")) && *v && set_key(c, "max_payload", v, "P11BRIDGE_MAX_PAYLOAD")) return -1;
+  if ((v = getenv("P11BRIDGE_RETRIES")) && *v && set_key(c, "retries", v, "P11BRIDGE_RETRIES")) return -1;
+  if ((v = getenv("P11BRIDGE_BAUD")) && *v && set_key(c, "baud", v, "P11BRIDGE_BAUD")) return -1;
   if (!c->port[0]) {
     dbg("no serial port: set TEC_COMM_PORT (e.g. /dev/ttyS4) or 'port' in the file named by P11BRIDGE_CONFIG");
     return -1;
@@ -200,10 +216,12 @@ static void port_unlock(void) {
     pthread_mutex_unlock(&g.port_mu);
 }
 
-/* One request/response on the port (port lock taken here). any_conn/req for
- * HELLO; otherwise the connection's next request id. */
-static CK_RV transact(unsigned type, const void *payload, size_t len, int hello, uint32_t nonce,
-                      pb_response *resp, const char *what) {
+/* One request/response on the port (port lock taken here), resent by the
+ * transport when its answer does not come (same bytes: same connection,
+ * request id or HELLO nonce). any_conn/req for HELLO; otherwise the
+ * connection's next request id. resplen: the expected answer's size. */
+static CK_RV transact(unsigned type, const void *payload, size_t len, size_t resplen, int hello,
+                      uint32_t nonce, pb_response *resp, const char *what) {
   CK_RV rv = port_lock();
   if (rv != CKR_OK) return rv;
   uint32_t req = nonce;
@@ -218,14 +236,17 @@ static CK_RV transact(unsigned type, const void *payload, size_t len, int hello,
     return CKR_HOST_MEMORY;
   }
   char msg[320];
-  int r = pb_port_roundtrip(&g.port, frame, flen, hello, g.conn, req, resp, msg, sizeof msg);
+  unsigned long resends = g.port.stats.resends;
+  int r = pb_port_roundtrip(&g.port, frame, flen, resplen, hello, g.conn, req, resp, msg, sizeof msg);
+  resends = g.port.stats.resends - resends;
   __atomic_store_n(&g.last_activity_ms, now_ms(), __ATOMIC_RELAXED);
   port_unlock();
   free(frame);
   if (r != 0) {
-    dbg("%s: %s", what, msg);
+    dbg("%s: request %u: %s", what, (unsigned)req, msg);
     return CKR_DEVICE_ERROR;
   }
+  if (resends) dbg("%s: request %u answered after %lu resend%s", what, (unsigned)req, resends, resends == 1 ? "" : "s");
   return CKR_OK;
 }
 
@@ -265,7 +286,7 @@ static void *keepalive_main(void *arg) {
     g.inflight++;
     pthread_mutex_unlock(&g.mu);
     pb_response resp = {0};
-    if (transact(PB_T_PING, NULL, 0, 0, 0, &resp, "PING") == CKR_OK) free(resp.payload);
+    if (transact(PB_T_PING, NULL, 0, 0, 0, 0, &resp, "PING") == CKR_OK) free(resp.payload);
     pthread_mutex_lock(&g.mu);
     if (--g.inflight == 0) pthread_cond_broadcast(&g.cv);
   }
@@ -306,7 +327,7 @@ static CK_RV do_call(unsigned id, pb_cslot *a) {
     return CKR_ARGUMENTS_BAD;
   }
   pb_response resp = {0};
-  rv = transact(PB_T_CALL, b.data, b.size, 0, 0, &resp, c->name);
+  rv = transact(PB_T_CALL, b.data, b.size, pb_client_expected_len(c, a, g.max_payload), 0, 0, &resp, c->name);
   pb_lbuf_free(&b);
   if (rv != CKR_OK) return rv;
   if (resp.type == PB_T_RESULT) {
@@ -415,6 +436,8 @@ static CK_RV do_initialize(const CK_C_INITIALIZE_ARGS *args) {
     teardown_port_lock();
     return CKR_DEVICE_ERROR;
   }
+  g.port.retries = (unsigned)cfg.retries;
+  g.port.baud = cfg.baud;
   g.conn = 0;
   g.next_req = 1;
   g.max_payload = cfg.max_payload;
@@ -433,7 +456,9 @@ static CK_RV do_initialize(const CK_C_INITIALIZE_ARGS *args) {
     rv = CKR_HOST_MEMORY;
     goto fail;
   }
-  rv = transact(PB_T_HELLO, b.data, b.size, 1, nonce, &resp, "C_Initialize (HELLO)");
+  /* a resent HELLO is the same frame, so it keeps its nonce: the daemon
+   * answers it from its copy instead of opening a second connection */
+  rv = transact(PB_T_HELLO, b.data, b.size, 512, 1, nonce, &resp, "C_Initialize (HELLO)");
   if (rv != CKR_OK) goto fail;
   if (resp.type == PB_T_ERROR) {
     rv = error_frame_rv(&resp, "C_Initialize (HELLO)");
@@ -471,7 +496,7 @@ static CK_RV do_initialize(const CK_C_INITIALIZE_ARGS *args) {
   if (rv != CKR_OK) {
     dbg("C_Initialize: the server's module answered 0x%lx", (unsigned long)rv);
     pb_response bye = {0};
-    if (transact(PB_T_BYE, NULL, 0, 0, 0, &bye, "C_Initialize (BYE)") == CKR_OK) free(bye.payload);
+    if (transact(PB_T_BYE, NULL, 0, 0, 0, 0, &bye, "C_Initialize (BYE)") == CKR_OK) free(bye.payload);
   }
 fail:
   free(h);
@@ -549,7 +574,10 @@ CK_RV pb_mod_finalize(CK_VOID_PTR pReserved) {
   if (rv != CKR_OK) dbg("C_Finalize: the server's module answered 0x%lx", (unsigned long)rv);
   /* BYE: the server finalizes what the app left open */
   pb_response resp = {0};
-  if (transact(PB_T_BYE, NULL, 0, 0, 0, &resp, "C_Finalize (BYE)") == CKR_OK) free(resp.payload);
+  if (transact(PB_T_BYE, NULL, 0, 0, 0, 0, &resp, "C_Finalize (BYE)") == CKR_OK) free(resp.payload);
+  dbg("port statistics: %lu round trips, %lu resends, %lu failed, %lu BUSY, %lu damaged pieces dropped",
+      g.port.stats.roundtrips, g.port.stats.resends, g.port.stats.failures, g.port.stats.busy,
+      g.port.stats.dropped_pieces);
   pb_port_close(&g.port);
   teardown_port_lock();
   g.finalizing = 0;

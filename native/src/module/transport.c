@@ -24,6 +24,8 @@ int pb_port_open(pb_port *p, const char *path, unsigned timeout_ms, size_t max_p
   memset(p, 0, sizeof *p);
   p->fd = -1;
   p->timeout_ms = timeout_ms;
+  p->retries = PB_DEFAULT_RETRIES;
+  p->baud = PB_DEFAULT_BAUD;
   p->path = strdup(path);
   if (!p->path) {
     snprintf(msg, msglen, "out of memory");
@@ -90,6 +92,23 @@ static long long now_ms(void) {
   return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+unsigned long pb_port_tx_ms(const pb_port *p, size_t n) {
+  unsigned long long baud = p->baud ? p->baud : PB_DEFAULT_BAUD;
+  return (unsigned long)(((unsigned long long)n * 10ull * 1000ull + baud - 1) / baud);
+}
+
+unsigned long pb_port_attempt_ms(const pb_port *p, size_t reqlen, size_t resplen) {
+  /* the response on the line: payload, header and CRC, COBS and delimiters */
+  size_t resp_line = resplen + PB_MIN_FRAME + resplen / 254 + 3;
+  return PB_ATTEMPT_BASE_MS + pb_port_tx_ms(p, reqlen) + pb_port_tx_ms(p, resp_line);
+}
+
+static unsigned long backoff_ms(unsigned resend) { /* resend 1, 2, ... */
+  unsigned long b = PB_BACKOFF_MS;
+  for (unsigned i = 1; i < resend && b < PB_BACKOFF_MAX_MS; i++) b *= 2;
+  return b > PB_BACKOFF_MAX_MS ? PB_BACKOFF_MAX_MS : b;
+}
+
 typedef struct {
   int any_conn;
   uint32_t conn, req;
@@ -149,12 +168,14 @@ static int lock_dev(pb_port *p, long long deadline, char *msg, size_t msglen) {
   }
 }
 
-static int exchange(pb_port *p, const unsigned char *frame, size_t framelen, waiter *w,
-                    char *msg, size_t msglen);
+static int exchange(pb_port *p, const unsigned char *frame, size_t framelen, size_t resplen,
+                    waiter *w, char *msg, size_t msglen);
 
-int pb_port_roundtrip(pb_port *p, const unsigned char *frame, size_t framelen, int any_conn,
-                      uint32_t conn, uint32_t req, pb_response *resp, char *msg, size_t msglen) {
+int pb_port_roundtrip(pb_port *p, const unsigned char *frame, size_t framelen, size_t resplen,
+                      int any_conn, uint32_t conn, uint32_t req, pb_response *resp, char *msg,
+                      size_t msglen) {
   waiter w = {any_conn, conn, req, 0, 0, 0, resp, 0};
+  p->stats.roundtrips++;
   if (p->fd < 0) { /* closed after a timeout */
     p->fd = open_dev(p->path, msg, msglen);
     if (p->fd < 0) return -1;
@@ -168,16 +189,22 @@ int pb_port_roundtrip(pb_port *p, const unsigned char *frame, size_t framelen, i
   /* whatever piece was cut off at our last unlock belongs to nobody now */
   p->df.len = 0;
   p->df.overflow = 0;
-  if (exchange(p, frame, framelen, &w, msg, msglen) == 0) {
+  unsigned long dropped = p->df.dropped;
+  int r = exchange(p, frame, framelen, resplen, &w, msg, msglen);
+  p->stats.dropped_pieces += p->df.dropped - dropped;
+  if (r == 0) {
     flock(p->fd, LOCK_UN);
     return 0;
   }
+  p->stats.failures++;
   if (w.got) {
     free(resp->payload);
     resp->payload = NULL;
   }
   /* Gave up: the device is closed, so nothing of ours can read the next
-   * holder's bytes. No read of ours is pending here (all I/O is synchronous),
+   * holder's bytes, and the partial input is dropped (the next round trip
+   * reopens the device, flushes its queues and starts a fresh piece: the
+   * stream is re-synchronised). No read of ours is pending here (all I/O is synchronous),
    * so unlocking first is equivalent to PROTOCOL.md's close-then-release, and
    * releases the lock even when a forked child still holds a copy of the
    * descriptor (the close alone would not). */
@@ -188,10 +215,20 @@ int pb_port_roundtrip(pb_port *p, const unsigned char *frame, size_t framelen, i
   return -1;
 }
 
-static int exchange(pb_port *p, const unsigned char *frame, size_t framelen, waiter *w,
-                    char *msg, size_t msglen) {
+static int exchange(pb_port *p, const unsigned char *frame, size_t framelen, size_t resplen,
+                    waiter *w, char *msg, size_t msglen) {
   size_t off = 0;
-  long long deadline = now_ms() + p->timeout_ms;
+  unsigned attempt = 1, resends = 0;
+  const unsigned max_attempts = p->retries + 1;
+  /* the whole call: timeout_ms of silence plus the transmission time; each
+   * attempt: 1 s plus the transmission time (never more than the whole) */
+  const unsigned long attempt_ms = pb_port_attempt_ms(p, framelen, resplen);
+  const unsigned long overall_ms = p->timeout_ms + (attempt_ms - PB_ATTEMPT_BASE_MS);
+  const unsigned long base = attempt_ms < overall_ms ? attempt_ms : overall_ms;
+  unsigned long cur = base; /* this attempt's silence timeout */
+  long long now = now_ms();
+  long long overall = now + (long long)overall_ms;
+  long long attempt_deadline = now + (long long)cur;
   unsigned char buf[16384];
   for (;;) {
     if (w->nomem) {
@@ -204,16 +241,36 @@ static int exchange(pb_port *p, const unsigned char *frame, size_t framelen, wai
       return -1;
     }
     if (w->got) return 0;
-    if (w->busy) { /* the call is still running: restart the silence timer */
+    now = now_ms();
+    if (w->busy) { /* the call is still running: restart the silence timers */
       w->busy = 0;
-      deadline = now_ms() + p->timeout_ms;
+      p->stats.busy++;
+      attempt = 1; /* the server has the request: earlier resends were not lost calls */
+      cur = base;
+      overall = now + (long long)overall_ms;
+      attempt_deadline = now + (long long)cur;
     }
-    long long left = deadline - now_ms();
-    if (left <= 0) {
-      snprintf(msg, msglen, "no answer from the p11bridge server within %u ms (is the daemon running on the other end?)",
-               p->timeout_ms);
+    if (now >= overall || (now >= attempt_deadline && attempt >= max_attempts)) {
+      snprintf(msg, msglen,
+               "no answer from the p11bridge server after %u attempt%s (%u resend%s, %lu ms silence timeout%s) "
+               "(is the daemon running on the other end?)",
+               attempt, attempt == 1 ? "" : "s", resends, resends == 1 ? "" : "s", overall_ms,
+               now >= overall ? "" : ", attempts exhausted");
       return -1;
     }
+    if (now >= attempt_deadline) {
+      /* lost or damaged on the way (request or response): the same bytes
+       * again; the frame's leading 0x00 ends whatever partial piece the
+       * server holds */
+      attempt++;
+      resends++;
+      p->stats.resends++;
+      off = 0;
+      cur = base + backoff_ms(attempt - 1);
+      attempt_deadline = now + (long long)cur;
+      continue;
+    }
+    long long left = (overall < attempt_deadline ? overall : attempt_deadline) - now;
     struct pollfd pfd = {p->fd, POLLIN | (off < framelen ? POLLOUT : 0), 0};
     int r = poll(&pfd, 1, left > 1000 ? 1000 : (int)left);
     if (r < 0) {
@@ -230,6 +287,8 @@ static int exchange(pb_port *p, const unsigned char *frame, size_t framelen, wai
       ssize_t n = read(p->fd, buf, sizeof buf);
       if (n > 0) {
         if (pb_deframer_push(&p->df, buf, (size_t)n, on_frame, w) != 0) w->nomem = 1;
+        /* bytes are arriving (perhaps a long answer): not silence */
+        attempt_deadline = now_ms() + (long long)cur;
         continue;
       }
       if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
@@ -247,7 +306,9 @@ static int exchange(pb_port *p, const unsigned char *frame, size_t framelen, wai
       ssize_t n = write(p->fd, frame + off, framelen - off);
       if (n > 0) {
         off += (size_t)n;
-        deadline = now_ms() + p->timeout_ms; /* progress */
+        long long t = now_ms();
+        attempt_deadline = t + (long long)cur; /* progress: the silence starts after the request */
+        if (attempt == 1) overall = t + (long long)overall_ms;
       } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
         if (errno == EIO) {
           struct timespec ts = {0, 50 * 1000000L};

@@ -11,17 +11,48 @@
 #include <stdint.h>
 #include "frame.h"
 
+/* Retries (PROTOCOL.md sections 3 and 7): a request whose answer does not
+ * come within the attempt's silence timeout is sent again, the same bytes
+ * (same connection and request id: the server answers a repeat from its copy
+ * of the last response and never runs a call twice; a repeated HELLO keeps
+ * its nonce), still under the device lock, up to `retries` times with a
+ * growing wait. Attempt timeout: PB_ATTEMPT_BASE_MS plus the time the
+ * request and the expected response take at the `baud` hint, plus the
+ * back-off. The whole call gives up when `timeout_ms` passes without a sign
+ * of life from the server (BUSY restarts it, and the attempt timer) or when
+ * the attempts are exhausted: then the device is closed and the partial
+ * input dropped (the next round trip reopens and flushes it), so the stream
+ * is re-synchronised. Damaged pieces are dropped by the deframer and simply
+ * lead to a resend on timeout. */
+#define PB_ATTEMPT_BASE_MS 1000u
+#define PB_BACKOFF_MS 50u         /* added before resend k: 50, 100, 200, ... ms (as the TS client) */
+#define PB_BACKOFF_MAX_MS 1000u
+#define PB_DEFAULT_RETRIES 4u
+#define PB_DEFAULT_BAUD 115200u
+
+typedef struct {
+  unsigned long roundtrips, resends, failures, busy, dropped_pieces;
+} pb_port_stats;
+
 typedef struct {
   int fd;          /* -1 after a timeout: reopened by the next round trip */
   int configured;  /* termios set up since the last open */
   char *path;
   unsigned timeout_ms;
+  unsigned retries;      /* resends after the first attempt */
+  unsigned long baud;    /* line speed hint for the attempt timeout */
   pb_deframer df;
+  pb_port_stats stats;
 } pb_port;
 
 /* Opens path (no lock yet: fails early on a wrong path). 0, or -1 with a message in msg. */
 int pb_port_open(pb_port *p, const char *path, unsigned timeout_ms, size_t max_payload,
                  char *msg, size_t msglen);
+/* Transmission time of n bytes at the port's baud hint (10 bits a byte), in ms, rounded up. */
+unsigned long pb_port_tx_ms(const pb_port *p, size_t n);
+/* The first attempt's silence timeout for a request of reqlen bytes on the
+ * line and an expected response of about resplen bytes of payload. */
+unsigned long pb_port_attempt_ms(const pb_port *p, size_t reqlen, size_t resplen);
 /* Closes the fd and frees the buffers. */
 void pb_port_close(pb_port *p);
 /* In a forked child: forget the parent's port (our copy of its descriptor
@@ -36,12 +67,15 @@ typedef struct {
 } pb_response;
 
 /* Takes the device lock (polling up to the timeout), writes the encoded
- * frame and waits for the response frame with request id
- * req (and connection id conn unless any_conn). Frames of the request
- * direction (echo), other ids and damaged pieces are dropped; BUSY restarts
- * the silence timer. 0 with *resp filled (caller frees payload), or -1 with
- * a message (timeout, I/O error, unknown frame version). */
-int pb_port_roundtrip(pb_port *p, const unsigned char *frame, size_t framelen, int any_conn,
-                      uint32_t conn, uint32_t req, pb_response *resp, char *msg, size_t msglen);
+ * frame and waits for the response frame with request id req (and
+ * connection id conn unless any_conn), resending it as described above.
+ * resplen: the expected response payload size (for the attempt timeout).
+ * Frames of the request direction (echo), other ids and damaged pieces are
+ * dropped; BUSY restarts the silence timers. 0 with *resp filled (caller
+ * frees payload), or -1 with a message (no answer after all attempts, I/O
+ * error, unknown frame version). */
+int pb_port_roundtrip(pb_port *p, const unsigned char *frame, size_t framelen, size_t resplen,
+                      int any_conn, uint32_t conn, uint32_t req, pb_response *resp, char *msg,
+                      size_t msglen);
 
 #endif
