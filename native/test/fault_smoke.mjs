@@ -4,14 +4,15 @@
 //
 // The relay splits each direction's byte stream into frames (at the 0x00
 // delimiters) and drops, corrupts or duplicates whole frames at a seeded,
-// reproducible rate. test_module's "faults" mode (test_module.c) then checks
-// that every call completed exactly once: N session objects created and
-// exactly N found, multi-part digests right, every object destroyed once.
+// reproducible rate. test_module's "faults" mode (test_module.c) runs a mixed
+// workload (multi-part AES-CBC, HMAC, RSA, digests, creates and destroys,
+// logout/login) and checks that every call completed exactly once.
 //
 //   node native/test/fault_smoke.mjs
 // Env: P11BRIDGE_FAULT_RATE (fraction of frames damaged per direction, default
 //      0.05: half dropped, half corrupted, plus 1/5 of that duplicated),
-//      P11BRIDGE_FAULT_SEED (default 5), P11BRIDGE_FAULT_N (objects, default 100),
+//      P11BRIDGE_FAULT_SEED (default 5), P11BRIDGE_FAULT_CALLS (calls, default 300),
+//      P11BRIDGE_ATTEMPT_MS (the module's resend timeout, default here 200),
 //      P11BRIDGE_VALGRIND=1 (test_module under valgrind), SOFTHSM2_MODULE.
 // Prints the relay's counts and the module's retry statistics; exits non-zero
 // on failure.
@@ -20,7 +21,6 @@ import { mkdtempSync, writeFileSync, rmSync, existsSync, mkdirSync } from 'node:
 import { tmpdir } from 'node:os';
 import { join, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createHash } from 'node:crypto';
 import { openSerial } from '../../dist/src/transport/server-port.js';
 import { cobsDecode } from '../../dist/src/protocol/cobs.js';
 
@@ -32,7 +32,7 @@ const TEST = resolve(here, '../build/test_module');
 const VALGRIND = !!process.env.P11BRIDGE_VALGRIND;
 const RATE = Number(process.env.P11BRIDGE_FAULT_RATE ?? 0.05);
 const SEED = Number(process.env.P11BRIDGE_FAULT_SEED ?? 5);
-const N = Number(process.env.P11BRIDGE_FAULT_N ?? 100);
+const CALLS = Number(process.env.P11BRIDGE_FAULT_CALLS ?? 300);
 const PIN = '87654321';
 
 const children = [];
@@ -149,9 +149,8 @@ for (let i = 0; i < 300 && !dlog.includes('"msg":"serving"'); i++) await sleep(5
 if (!dlog.includes('"msg":"serving"')) fail(`daemon did not start:\n${dlog}`);
 
 // ---- the test program ----
-const digest0 = createHash('sha256').update('p11bridge thread 0').digest('hex');
-const env = { ...process.env, TEC_COMM_PORT: GUEST_TTY, P11BRIDGE_TEST_PIN: PIN, P11BRIDGE_TEST_N: String(N),
-  P11BRIDGE_TEST_DIGESTS: digest0, P11BRIDGE_DEBUG: '1', P11BRIDGE_TIMEOUT_MS: process.env.P11BRIDGE_TIMEOUT_MS ?? '8000' };
+const env = { ...process.env, TEC_COMM_PORT: GUEST_TTY, P11BRIDGE_TEST_PIN: PIN, P11BRIDGE_TEST_CALLS: String(CALLS),
+  P11BRIDGE_TEST_SEED: String(SEED), P11BRIDGE_ATTEMPT_MS: process.env.P11BRIDGE_ATTEMPT_MS ?? '200', P11BRIDGE_DEBUG: '1', P11BRIDGE_TIMEOUT_MS: process.env.P11BRIDGE_TIMEOUT_MS ?? '8000' };
 delete env.SOFTHSM2_CONF;
 delete env.P11BRIDGE_CONFIG;
 let cmd = TEST;

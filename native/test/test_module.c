@@ -11,6 +11,7 @@
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -187,88 +188,244 @@ static int hostile(void) {
   return 0;
 }
 
-/* Through test/fault_smoke.mjs's fault-injecting relay (frames dropped,
- * corrupted, duplicated in both directions): every call completes exactly
- * once. N session objects with unique labels are created, then found: exactly
- * N; multi-part digests (a DigestUpdate run twice would change the digest)
- * are right; C_Login is answered CKR_OK (a second run would be
- * CKR_USER_ALREADY_LOGGED_IN); every object is destroyed once (a second run
- * would be CKR_OBJECT_HANDLE_INVALID).
- * env: P11BRIDGE_TEST_N (objects), P11BRIDGE_TEST_PIN, P11BRIDGE_TEST_DIGESTS. */
+/* A mixed workload through a fault-injecting relay (test/fault_smoke.mjs,
+ * test/integration/faults.test.ts): frames dropped, corrupted, duplicated in
+ * both directions, and every call must still run exactly once. Each check
+ * would fail if a call ran twice: a second C_CreateObject leaves an extra
+ * object (the session objects are counted here, the token objects by the
+ * caller through the module directly); a second C_DestroyObject answers
+ * CKR_OBJECT_HANDLE_INVALID; a second C_EncryptUpdate, C_DecryptUpdate,
+ * C_DigestUpdate or C_SignUpdate changes the chained result, which is
+ * compared with the one-shot call; a second C_Login answers
+ * CKR_USER_ALREADY_LOGGED_IN, a second C_Logout CKR_USER_NOT_LOGGED_IN.
+ * env: P11BRIDGE_TEST_CALLS (at least this many calls), P11BRIDGE_TEST_PIN,
+ *      P11BRIDGE_TEST_SEED, P11BRIDGE_TEST_APP (CKA_APPLICATION of the objects).
+ * Prints "faults: ... token_objects=N session_objects=M calls=C". */
+static uint32_t fz_state;
+static double fz_rnd(void) { /* mulberry32, as test/helpers/fault-link.ts */
+  uint32_t t = (fz_state += 0x6d2b79f5u);
+  t = (t ^ (t >> 15)) * (t | 1u);
+  t ^= t + (t ^ (t >> 7)) * (t | 61u);
+  return (double)(t ^ (t >> 14)) / 4294967296.0;
+}
+static void fz_bytes(unsigned char *p, size_t n) {
+  for (size_t i = 0; i < n; i++) p[i] = (unsigned char)(fz_rnd() * 256);
+}
+
+typedef struct { CK_OBJECT_HANDLE h; char label[48]; } fz_obj;
+typedef struct { fz_obj *v; size_t n, cap; } fz_list;
+static void fz_push(fz_list *l, CK_OBJECT_HANDLE h, const char *label) {
+  if (l->n == l->cap) {
+    l->cap = l->cap ? 2 * l->cap : 64;
+    l->v = realloc(l->v, l->cap * sizeof *l->v);
+    if (!l->v) abort();
+  }
+  l->v[l->n].h = h;
+  snprintf(l->v[l->n].label, sizeof l->v[l->n].label, "%s", label);
+  l->n++;
+}
+
+static long fz_calls;
+static int fz_bad;
+/* one call: counted, its rv checked; a wrong rv ends the workload */
+#define FZ(expr, want)                                                                                        \
+  do {                                                                                                        \
+    CK_RV _r = (expr);                                                                                        \
+    fz_calls++;                                                                                               \
+    check(_r == (CK_RV)(want), "after %ld calls: %s: rv 0x%lx, want 0x%lx", fz_calls, #expr, (unsigned long)_r, \
+          (unsigned long)(want));                                                                             \
+    if (_r != (CK_RV)(want)) fz_bad = 1;                                                                      \
+  } while (0)
+#define FZ_TRUE(cond, ...)              \
+  do {                                  \
+    check((cond), __VA_ARGS__);         \
+    if (!(cond)) fz_bad = 1;            \
+  } while (0)
+
 static int faults(void) {
-  int n = atoi(env("P11BRIDGE_TEST_N"));
+  long target = atol(env("P11BRIDGE_TEST_CALLS"));
   const char *pin = env("P11BRIDGE_TEST_PIN");
-  char want0[65];
-  snprintf(want0, sizeof want0, "%.64s", env("P11BRIDGE_TEST_DIGESTS"));
-  long calls = 0;
-#define FRV(expr, want) do { calls++; RV(expr, want); } while (0)
-  FRV(f->C_Initialize(NULL), CKR_OK);
+  const char *seed = getenv("P11BRIDGE_TEST_SEED");
+  const char *app = getenv("P11BRIDGE_TEST_APP");
+  if (!app || !*app) app = "p11bridge-faults";
+  fz_state = seed ? (uint32_t)strtoul(seed, NULL, 10) : 5u;
+  FZ(f->C_Initialize(NULL), CKR_OK);
   CK_SLOT_ID slots[4];
   CK_ULONG ns = 4;
-  FRV(f->C_GetSlotList(CK_TRUE, slots, &ns), CKR_OK);
+  FZ(f->C_GetSlotList(CK_TRUE, slots, &ns), CKR_OK);
   CK_SESSION_HANDLE s = 0;
-  FRV(f->C_OpenSession(slots[0], CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
-  FRV(f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin)), CKR_OK);
-  CK_OBJECT_CLASS data = CKO_DATA;
-  CK_BBOOL no = CK_FALSE;
-  const char *app = "p11bridge-faults";
-  CK_OBJECT_HANDLE *h = calloc((size_t)n + 16, sizeof *h);
-  int created = 0, digests = 0, digests_ok = 0;
-  for (int i = 0; i < n; i++) {
-    char label[32];
-    snprintf(label, sizeof label, "fault-object-%05d", i);
-    CK_ATTRIBUTE t[] = {{CKA_CLASS, &data, sizeof data}, {CKA_TOKEN, &no, 1}, {CKA_PRIVATE, &no, 1},
-                        {CKA_LABEL, label, strlen(label)}, {CKA_APPLICATION, (void *)app, strlen(app)},
-                        {CKA_VALUE, label, strlen(label)}};
-    CK_RV rv = f->C_CreateObject(s, t, 6, &h[i]);
-    calls++;
-    check(rv == CKR_OK, "C_CreateObject %d: rv 0x%lx", i, (unsigned long)rv);
-    created += rv == CKR_OK;
-    if (i % 10 == 0) { /* multi-part digest of "p11bridge thread 0" in three parts */
+  FZ(f->C_OpenSession(slots[0], CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+  FZ(f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin)), CKR_OK);
+  if (fz_bad) return 1;
+
+  /* public session keys: they stay usable across C_Logout */
+  CK_OBJECT_CLASS secret = CKO_SECRET_KEY, data = CKO_DATA;
+  CK_KEY_TYPE aes_t = CKK_AES, gen_t = CKK_GENERIC_SECRET;
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  unsigned char aes_v[32], mac_v[32];
+  fz_bytes(aes_v, sizeof aes_v);
+  fz_bytes(mac_v, sizeof mac_v);
+  CK_ATTRIBUTE aes_t_[] = {{CKA_CLASS, &secret, sizeof secret}, {CKA_KEY_TYPE, &aes_t, sizeof aes_t}, {CKA_TOKEN, &no, 1},
+                           {CKA_PRIVATE, &no, 1}, {CKA_VALUE, aes_v, sizeof aes_v}, {CKA_ENCRYPT, &yes, 1}, {CKA_DECRYPT, &yes, 1}};
+  CK_ATTRIBUTE mac_t_[] = {{CKA_CLASS, &secret, sizeof secret}, {CKA_KEY_TYPE, &gen_t, sizeof gen_t}, {CKA_TOKEN, &no, 1},
+                           {CKA_PRIVATE, &no, 1}, {CKA_VALUE, mac_v, sizeof mac_v}, {CKA_SIGN, &yes, 1}, {CKA_VERIFY, &yes, 1}};
+  CK_OBJECT_HANDLE aes = 0, mac = 0, rsa_pub = 0, rsa_priv = 0;
+  FZ(f->C_CreateObject(s, aes_t_, 7, &aes), CKR_OK);
+  FZ(f->C_CreateObject(s, mac_t_, 7, &mac), CKR_OK);
+  CK_MECHANISM kpg = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
+  CK_ULONG bits = 2048;
+  CK_BYTE e[] = {1, 0, 1};
+  CK_ATTRIBUTE pubt[] = {{CKA_TOKEN, &no, 1}, {CKA_MODULUS_BITS, &bits, sizeof bits}, {CKA_PUBLIC_EXPONENT, e, 3}, {CKA_VERIFY, &yes, 1}};
+  CK_ATTRIBUTE privt[] = {{CKA_TOKEN, &no, 1}, {CKA_PRIVATE, &no, 1}, {CKA_SIGN, &yes, 1}};
+  FZ(f->C_GenerateKeyPair(s, &kpg, pubt, 4, privt, 3, &rsa_pub, &rsa_priv), CKR_OK);
+  if (fz_bad) return 1;
+
+  fz_list objs[2] = {{0}, {0}}; /* [0] session, [1] token */
+  long serial = 0;
+  int ops[8] = {0};
+  while (fz_calls < target && !fz_bad) {
+    double r = fz_rnd() * 12;
+    if (r < 3) { /* multi-part AES-CBC, against the one-shot call and back */
+      ops[0]++;
+      unsigned char iv[16], pt[3 * 64], ct[3 * 64 + 16], one[3 * 64 + 16], back[3 * 64 + 16];
+      size_t len[3], total = 0, off = 0;
+      fz_bytes(iv, 16);
+      for (int i = 0; i < 3; i++) total += len[i] = 16 * (1 + (size_t)(fz_rnd() * 4));
+      fz_bytes(pt, total);
+      CK_MECHANISM m = {CKM_AES_CBC, iv, 16};
+      FZ(f->C_EncryptInit(s, &m, aes), CKR_OK);
+      for (int i = 0; i < 3 && !fz_bad; i++) {
+        CK_ULONG l = sizeof ct - off;
+        FZ(f->C_EncryptUpdate(s, pt + off, len[i], ct + off, &l), CKR_OK);
+        FZ_TRUE(l == len[i], "C_EncryptUpdate gave %lu bytes for %zu", (unsigned long)l, len[i]);
+        off += len[i];
+      }
+      CK_ULONG l = 16;
+      FZ(f->C_EncryptFinal(s, ct + off, &l), CKR_OK);
+      FZ_TRUE(l == 0, "C_EncryptFinal gave %lu bytes for whole blocks", (unsigned long)l);
+      CK_ULONG ol = sizeof one;
+      FZ(f->C_EncryptInit(s, &m, aes), CKR_OK);
+      FZ(f->C_Encrypt(s, pt, total, one, &ol), CKR_OK);
+      FZ_TRUE(ol == total && !memcmp(one, ct, total), "multi-part AES-CBC differs from the one-shot (after %ld calls)", fz_calls);
+      FZ(f->C_DecryptInit(s, &m, aes), CKR_OK);
+      off = 0;
+      for (int i = 0; i < 3 && !fz_bad; i++) {
+        CK_ULONG bl = sizeof back - off;
+        FZ(f->C_DecryptUpdate(s, ct + off, len[i], back + off, &bl), CKR_OK);
+        off += len[i];
+      }
+      l = 16;
+      FZ(f->C_DecryptFinal(s, back + off, &l), CKR_OK);
+      FZ_TRUE(!memcmp(back, pt, total), "AES-CBC decrypts to other plaintext (after %ld calls)", fz_calls);
+    } else if (r < 5) { /* multi-part HMAC against the one-shot, then verified */
+      ops[1]++;
+      unsigned char a[100], b[100], m1[32], m2[32];
+      size_t la = 1 + (size_t)(fz_rnd() * 99), lb = 1 + (size_t)(fz_rnd() * 99);
+      unsigned char ab[200];
+      fz_bytes(a, la);
+      fz_bytes(b, lb);
+      memcpy(ab, a, la);
+      memcpy(ab + la, b, lb);
+      CK_MECHANISM m = {CKM_SHA256_HMAC, NULL, 0};
+      CK_ULONG l1 = 32, l2 = 32;
+      FZ(f->C_SignInit(s, &m, mac), CKR_OK);
+      FZ(f->C_SignUpdate(s, a, la), CKR_OK);
+      FZ(f->C_SignUpdate(s, b, lb), CKR_OK);
+      FZ(f->C_SignFinal(s, m1, &l1), CKR_OK);
+      FZ(f->C_SignInit(s, &m, mac), CKR_OK);
+      FZ(f->C_Sign(s, ab, la + lb, m2, &l2), CKR_OK);
+      FZ_TRUE(l1 == 32 && l2 == 32 && !memcmp(m1, m2, 32), "multi-part HMAC differs from the one-shot (after %ld calls)", fz_calls);
+      FZ(f->C_VerifyInit(s, &m, mac), CKR_OK);
+      FZ(f->C_Verify(s, ab, la + lb, m1, 32), CKR_OK);
+    } else if (r < 6) { /* RSA signature, verified by the token */
+      ops[2]++;
+      unsigned char d[64], sig[256];
+      CK_ULONG sl = sizeof sig;
+      fz_bytes(d, sizeof d);
+      CK_MECHANISM m = {CKM_SHA256_RSA_PKCS, NULL, 0};
+      FZ(f->C_SignInit(s, &m, rsa_priv), CKR_OK);
+      FZ(f->C_Sign(s, d, sizeof d, sig, &sl), CKR_OK);
+      FZ(f->C_VerifyInit(s, &m, rsa_pub), CKR_OK);
+      FZ(f->C_Verify(s, d, sizeof d, sig, sl), CKR_OK);
+    } else if (r < 8) { /* multi-part digest against the one-shot */
+      ops[3]++;
+      unsigned char dat[300], d1[32], d2[32];
+      size_t n1 = 1 + (size_t)(fz_rnd() * 99), n2 = 1 + (size_t)(fz_rnd() * 99), n3 = 1 + (size_t)(fz_rnd() * 99);
+      fz_bytes(dat, n1 + n2 + n3);
       CK_MECHANISM m = {CKM_SHA256, NULL, 0};
-      unsigned char d[32];
-      CK_ULONG dl = sizeof d;
-      char hx[65];
-      digests++;
-      CK_RV r1 = f->C_DigestInit(s, &m), r2 = f->C_DigestUpdate(s, (CK_BYTE_PTR) "p11bridge", 9),
-            r3 = f->C_DigestUpdate(s, (CK_BYTE_PTR) " thread", 7), r4 = f->C_DigestUpdate(s, (CK_BYTE_PTR) " 0", 2),
-            r5 = f->C_DigestFinal(s, d, &dl);
-      calls += 5;
-      hex(d, 32, hx);
-      int good = r1 == CKR_OK && r2 == CKR_OK && r3 == CKR_OK && r4 == CKR_OK && r5 == CKR_OK && dl == 32 &&
-                 !strcmp(hx, want0);
-      check(good, "multi-part digest %d: rv 0x%lx 0x%lx 0x%lx 0x%lx 0x%lx", digests, (unsigned long)r1,
-            (unsigned long)r2, (unsigned long)r3, (unsigned long)r4, (unsigned long)r5);
-      digests_ok += good;
+      CK_ULONG l1 = 32, l2 = 32;
+      FZ(f->C_DigestInit(s, &m), CKR_OK);
+      FZ(f->C_DigestUpdate(s, dat, n1), CKR_OK);
+      FZ(f->C_DigestUpdate(s, dat + n1, n2), CKR_OK);
+      FZ(f->C_DigestUpdate(s, dat + n1 + n2, n3), CKR_OK);
+      FZ(f->C_DigestFinal(s, d1, &l1), CKR_OK);
+      FZ(f->C_DigestInit(s, &m), CKR_OK);
+      FZ(f->C_Digest(s, dat, n1 + n2 + n3, d2, &l2), CKR_OK);
+      FZ_TRUE(l1 == 32 && !memcmp(d1, d2, 32), "multi-part digest differs from the one-shot (after %ld calls)", fz_calls);
+    } else if (r < 11) { /* create or destroy a data object, on the token or in the session */
+      ops[4]++;
+      int tok = r < 9.5;
+      fz_list *l = &objs[tok];
+      if (l->n > 0 && fz_rnd() < 0.45) {
+        size_t i = (size_t)(fz_rnd() * (double)l->n);
+        FZ(f->C_DestroyObject(s, l->v[i].h), CKR_OK);
+        l->v[i] = l->v[--l->n];
+        continue;
+      }
+      char label[48];
+      unsigned char val[20];
+      fz_bytes(val, sizeof val);
+      snprintf(label, sizeof label, "%s-%c-%ld", app, tok ? 't' : 's', serial++);
+      CK_ATTRIBUTE t[] = {{CKA_CLASS, &data, sizeof data}, {CKA_TOKEN, tok ? &yes : &no, 1}, {CKA_PRIVATE, &no, 1},
+                          {CKA_LABEL, label, strlen(label)}, {CKA_APPLICATION, (void *)app, strlen(app)},
+                          {CKA_VALUE, val, sizeof val}};
+      CK_OBJECT_HANDLE h = 0;
+      FZ(f->C_CreateObject(s, t, 6, &h), CKR_OK);
+      if (!fz_bad) fz_push(l, h, label);
+    } else if (r < 11.5) { /* the label of a live object, through its handle */
+      ops[5]++;
+      fz_list *l = &objs[fz_rnd() < 0.5];
+      if (l->n == 0) continue;
+      fz_obj *o = &l->v[(size_t)(fz_rnd() * (double)l->n)];
+      char got[64] = {0};
+      CK_ATTRIBUTE a = {CKA_LABEL, got, sizeof got - 1};
+      FZ(f->C_GetAttributeValue(s, o->h, &a, 1), CKR_OK);
+      FZ_TRUE(a.ulValueLen == strlen(o->label) && !memcmp(got, o->label, a.ulValueLen), "label '%s' read back for '%s'", got, o->label);
+    } else { /* log out and in again */
+      ops[6]++;
+      CK_SESSION_INFO si;
+      FZ(f->C_Logout(s), CKR_OK);
+      FZ(f->C_GetSessionInfo(s, &si), CKR_OK);
+      FZ_TRUE(si.state == CKS_RW_PUBLIC_SESSION, "state %lu after C_Logout", (unsigned long)si.state);
+      FZ(f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin)), CKR_OK);
+      FZ(f->C_GetSessionInfo(s, &si), CKR_OK);
+      FZ_TRUE(si.state == CKS_RW_USER_FUNCTIONS, "state %lu after C_Login", (unsigned long)si.state);
     }
   }
-  CK_ATTRIBUTE ft[] = {{CKA_APPLICATION, (void *)app, strlen(app)}};
-  CK_OBJECT_HANDLE *found = calloc((size_t)n + 16, sizeof *found);
-  CK_ULONG nf = 0;
-  FRV(f->C_FindObjectsInit(s, ft, 1), CKR_OK);
-  FRV(f->C_FindObjects(s, found, (CK_ULONG)n + 16, &nf), CKR_OK);
-  FRV(f->C_FindObjectsFinal(s), CKR_OK);
-  check(nf == (CK_ULONG)n, "found %lu objects, created %d", (unsigned long)nf, n);
-  int destroyed = 0;
-  for (int i = 0; i < n; i++) {
-    CK_RV rv = f->C_DestroyObject(s, h[i]);
-    calls++;
-    check(rv == CKR_OK, "C_DestroyObject %d: rv 0x%lx", i, (unsigned long)rv);
-    destroyed += rv == CKR_OK;
+  /* the session objects left, found in batches (a C_FindObjects run twice
+   * would skip a batch) */
+  CK_ATTRIBUTE ft[] = {{CKA_APPLICATION, (void *)app, strlen(app)}, {CKA_TOKEN, &no, 1}};
+  CK_ULONG found = 0;
+  if (!fz_bad) {
+    FZ(f->C_FindObjectsInit(s, ft, 2), CKR_OK);
+    for (;;) {
+      CK_OBJECT_HANDLE batch[7];
+      CK_ULONG nb = 0;
+      FZ(f->C_FindObjects(s, batch, 7, &nb), CKR_OK);
+      if (fz_bad || nb == 0) break;
+      found += nb;
+    }
+    FZ(f->C_FindObjectsFinal(s), CKR_OK);
+    FZ_TRUE(found == objs[0].n, "found %lu session objects, expected %zu", (unsigned long)found, objs[0].n);
+    FZ(f->C_Logout(s), CKR_OK);
+    FZ(f->C_CloseSession(s), CKR_OK);
   }
-  CK_ULONG nf2 = 99;
-  FRV(f->C_FindObjectsInit(s, ft, 1), CKR_OK);
-  FRV(f->C_FindObjects(s, found, (CK_ULONG)n + 16, &nf2), CKR_OK);
-  FRV(f->C_FindObjectsFinal(s), CKR_OK);
-  check(nf2 == 0, "%lu objects left after destroying", (unsigned long)nf2);
-  FRV(f->C_Logout(s), CKR_OK);
-  FRV(f->C_CloseSession(s), CKR_OK);
-  FRV(f->C_Finalize(NULL), CKR_OK);
-#undef FRV
-  free(h);
-  free(found);
-  printf("faults: %ld calls; %d/%d objects created, %lu found, %d destroyed, %lu left; %d/%d multi-part digests right\n",
-         calls, created, n, (unsigned long)nf, destroyed, (unsigned long)nf2, digests_ok, digests);
+  FZ(f->C_Finalize(NULL), CKR_OK);
+  printf("faults: AES-CBC %d, HMAC %d, RSA %d, digest %d, create/destroy %d, read-back %d, logout/login %d; "
+         "token_objects=%zu session_objects=%zu calls=%ld\n",
+         ops[0], ops[1], ops[2], ops[3], ops[4], ops[5], ops[6], objs[1].n, objs[0].n, fz_calls);
+  free(objs[0].v);
+  free(objs[1].v);
   if (failures) {
     printf("test_module: %d of %d checks failed\n", failures, checks);
     return 1;
@@ -276,13 +433,76 @@ static int faults(void) {
   printf("test_module: %d checks passed (faults)\n", checks);
   return 0;
 }
+#undef FZ
+#undef FZ_TRUE
+
+/* The daemon killed and restarted under a running workload (driven by
+ * test/integration/faults.test.ts): digests until a call fails, then the old
+ * session again, then C_Finalize / C_Initialize and a fresh session that must
+ * work. Prints "restart: running" once calls succeed, and
+ * "restart: first_error=0x.. then=0x.. calls_before=N calls_after=M". */
+static int restart(void) {
+  const char *pin = env("P11BRIDGE_TEST_PIN");
+  CK_SLOT_ID slots[4];
+  CK_ULONG ns = 4;
+  CK_SESSION_HANDLE s = 0;
+  RV(f->C_Initialize(NULL), CKR_OK);
+  RV(f->C_GetSlotList(CK_TRUE, slots, &ns), CKR_OK);
+  RV(f->C_OpenSession(slots[0], CKF_SERIAL_SESSION, NULL, NULL, &s), CKR_OK);
+  if (failures) return 1;
+  CK_MECHANISM m = {CKM_SHA256, NULL, 0};
+  long before = 0;
+  CK_RV first = CKR_OK;
+  for (;;) {
+    unsigned char d[32];
+    CK_ULONG dl = sizeof d;
+    CK_RV rv = f->C_DigestInit(s, &m);
+    if (rv == CKR_OK) rv = f->C_Digest(s, (CK_BYTE_PTR) "restart", 7, d, &dl);
+    if (rv != CKR_OK) {
+      first = rv;
+      break;
+    }
+    if ((before += 2) == 200) {
+      printf("restart: running\n");
+      fflush(stdout);
+    }
+  }
+  /* the old session: gone with the old daemon (retry until the new one answers) */
+  CK_SESSION_INFO si;
+  CK_RV then = CKR_DEVICE_ERROR;
+  for (int i = 0; i < 50 && then == CKR_DEVICE_ERROR; i++) then = f->C_GetSessionInfo(s, &si);
+  RV(f->C_Finalize(NULL), CKR_OK);
+  RV(f->C_Initialize(NULL), CKR_OK);
+  ns = 4;
+  RV(f->C_GetSlotList(CK_TRUE, slots, &ns), CKR_OK);
+  RV(f->C_OpenSession(slots[0], CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+  RV(f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin)), CKR_OK);
+  long after = 0;
+  for (int i = 0; i < 100 && !failures; i++) {
+    unsigned char d[32];
+    CK_ULONG dl = sizeof d;
+    RV(f->C_DigestInit(s, &m), CKR_OK);
+    RV(f->C_Digest(s, (CK_BYTE_PTR) "restart", 7, d, &dl), CKR_OK);
+    after += 2;
+  }
+  RV(f->C_Logout(s), CKR_OK);
+  RV(f->C_Finalize(NULL), CKR_OK);
+  printf("restart: first_error=0x%lx then=0x%lx calls_before=%ld calls_after=%ld\n", (unsigned long)first,
+         (unsigned long)then, before, after);
+  if (failures) {
+    printf("test_module: %d of %d checks failed\n", failures, checks);
+    return 1;
+  }
+  printf("test_module: %d checks passed (restart)\n", checks);
+  return 0;
+}
 
 int main(int argc, char **argv) {
-  if (argc >= 3 && !strcmp(argv[2], "faults")) {
+  if (argc >= 3 && (!strcmp(argv[2], "faults") || !strcmp(argv[2], "restart"))) {
     void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
     CK_C_GetFunctionList gfl;
     if (!h || !(*(void **)&gfl = dlsym(h, "C_GetFunctionList")) || gfl(&f) != CKR_OK) return 2;
-    int r = faults();
+    int r = !strcmp(argv[2], "faults") ? faults() : restart();
     dlclose(h);
     return r;
   }

@@ -11,15 +11,31 @@ import { pack, unpack } from '../protocol/msgpack.js';
 import { CALLS, callByName, STRUCTS, type CallSpec } from '../protocol/table.js';
 import { checkStruct } from '../protocol/kinds.js';
 import { VERSION } from '../version.js';
-import { PortChannel } from './channel.js';
+import { DEFAULT_RETRY, PortChannel, type LineStats, type RetryPolicy } from './channel.js';
 import { argToWire, attrValueToHost, resultFromWire } from './shapes.js';
 import type { Attribute, ModuleInfo, Pkcs11Api } from './types.js';
 
 export interface ConnectOptions {
   /** Serial device; defaults to $TEC_COMM_PORT (e.g. /dev/ttyS4). */
   port?: string;
-  /** Silence timeout per call in ms; the server's BUSY frames restart it. Default 5000. */
+  /**
+   * A call fails with CKR_DEVICE_ERROR after this long without a sign of life
+   * from the server (an answer, or a BUSY frame while the call runs), across
+   * all its attempts. Default 5000.
+   */
   timeoutMs?: number;
+  /**
+   * Silence after which a request is sent again (same connection and request
+   * id; the server never runs it twice), plus the time the request and the
+   * expected answer take at `baudRate`. Default 1000.
+   */
+  attemptTimeoutMs?: number;
+  /** Times a request is sent at most (the first sending and the resends). Default 5. */
+  maxAttempts?: number;
+  /** Pause before the first resend in ms, doubling for each further one (at most 1000). Default 50. */
+  retryBackoffMs?: number;
+  /** The line's speed in bits/s, for the attempt timeout (a UART at 115200 moves about 11.5 KB/s). Default 115200. */
+  baudRate?: number;
   /** Largest payload this client accepts; the handshake takes the smaller of both sides. */
   maxPayload?: number;
 }
@@ -53,6 +69,7 @@ export class Pkcs11Client {
     readonly serverInfo: ServerInfo,
     supported: number[],
     private readonly timeoutMs: number,
+    private readonly retry: RetryPolicy,
   ) {
     this.supported = new Set(supported);
     // An idle app PINGs well within the server's lease, so only apps that
@@ -70,7 +87,7 @@ export class Pkcs11Client {
     try {
       await this.channel.mutex.runExclusive(() => {
         const req = this.takeReq();
-        return this.channel.roundTrip(encodeFrame(FrameType.Ping, conn, req), { conn, req, method: 'ping', timeoutMs: this.timeoutMs });
+        return this.channel.roundTrip(encodeFrame(FrameType.Ping, conn, req), { conn, req, method: 'ping', timeoutMs: this.timeoutMs, retry: this.retry });
       });
       this.lastActivity = Date.now();
     } catch {
@@ -83,9 +100,18 @@ export class Pkcs11Client {
     if (!port) throw new Pkcs11Error(CKR.DEVICE_ERROR, 'connect', 'no serial port given and TEC_COMM_PORT is not set');
     const timeoutMs = opts.timeoutMs ?? 5000;
     const maxPayload = opts.maxPayload ?? DEFAULT_MAX_PAYLOAD;
+    const retry: RetryPolicy = {
+      attemptTimeoutMs: opts.attemptTimeoutMs ?? DEFAULT_RETRY.attemptTimeoutMs,
+      maxAttempts: opts.maxAttempts ?? DEFAULT_RETRY.maxAttempts,
+      backoffMs: opts.retryBackoffMs ?? DEFAULT_RETRY.backoffMs,
+      baudRate: opts.baudRate ?? DEFAULT_RETRY.baudRate,
+    };
+    if (!(retry.attemptTimeoutMs > 0 && retry.maxAttempts >= 1 && retry.backoffMs >= 0 && retry.baudRate > 0)) {
+      throw new Pkcs11Error(CKR.ARGUMENTS_BAD, 'connect', 'attemptTimeoutMs and baudRate must be positive, maxAttempts at least 1, retryBackoffMs not negative');
+    }
     let channel: PortChannel;
     try {
-      channel = await PortChannel.acquire(port, maxPayload);
+      channel = await PortChannel.acquire(port, maxPayload, opts.baudRate);
     } catch (e) {
       throw new Pkcs11Error(CKR.DEVICE_ERROR, 'connect', (e as Error).message);
     }
@@ -93,7 +119,7 @@ export class Pkcs11Client {
       const nonce = randomInt(1, 0xffffffff);
       const hello = pack({ versions: SUPPORTED_VERSIONS, maxPayload, client: `p11bridge-ts/${VERSION}` });
       const reply = await channel.mutex.runExclusive(() =>
-        channel.roundTrip(encodeFrame(FrameType.Hello, 0, nonce, hello), { conn: undefined, req: nonce, method: 'connect', timeoutMs }));
+        channel.roundTrip(encodeFrame(FrameType.Hello, 0, nonce, hello), { conn: undefined, req: nonce, method: 'connect', timeoutMs, retry, lineBytes: hello.length + 600 }));
       if (reply.type === FrameType.Error) throw errorFrame(reply, 'connect');
       if (reply.type !== FrameType.HelloOk) throw new Pkcs11Error(CKR.DEVICE_ERROR, 'connect', `unexpected answer 0x${reply.type.toString(16)} to HELLO`);
       const ok = helloOkSchema.safeParse(unpack(reply.payload));
@@ -112,11 +138,16 @@ export class Pkcs11Client {
         module: info,
         functions: CALLS.filter((c) => functions.includes(c.id)).map((c) => c.name),
       };
-      return new Pkcs11Client(channel, serverInfo, functions, timeoutMs);
+      return new Pkcs11Client(channel, serverInfo, functions, timeoutMs, retry);
     } catch (e) {
       await channel.release();
       throw e;
     }
+  }
+
+  /** What the line did to this client's port so far (shared by the clients of one port in this process). */
+  get lineStats(): Readonly<LineStats> {
+    return this.channel.stats;
   }
 
   /** The serial device this client talks through. */
@@ -133,7 +164,7 @@ export class Pkcs11Client {
     try {
       await this.channel.mutex.runExclusive(() =>
         this.channel.roundTrip(encodeFrame(FrameType.Bye, this.serverInfo.connection, req), {
-          conn: this.serverInfo.connection, req, method: 'close', timeoutMs: this.timeoutMs,
+          conn: this.serverInfo.connection, req, method: 'close', timeoutMs: this.timeoutMs, retry: this.retry,
         }));
     } catch {
       // The server forgets idle connections on its own; closing must not fail.
@@ -164,7 +195,10 @@ export class Pkcs11Client {
     this.lastActivity = Date.now();
     const reply = await this.channel.mutex.runExclusive(() => {
       const req = this.takeReq();
-      return this.channel.roundTrip(encodeFrame(FrameType.Call, conn, req, payload), { conn, req, method: name, timeoutMs: this.timeoutMs });
+      return this.channel.roundTrip(encodeFrame(FrameType.Call, conn, req, payload), {
+        conn, req, method: name, timeoutMs: this.timeoutMs, retry: this.retry,
+        lineBytes: payload.length + answerEstimate(spec, args, this.serverInfo.maxPayload) + 64,
+      });
     });
     if (reply.type === FrameType.Error) throw errorFrame(reply, name);
     if (reply.type !== FrameType.Result) throw new Pkcs11Error(CKR.DEVICE_ERROR, name, `unexpected answer 0x${reply.type.toString(16)}`);
@@ -202,6 +236,19 @@ export class Pkcs11Client {
     this.nextReq = r >= 0xffffffff ? 1 : r + 1;
     return r;
   }
+}
+
+/** Roughly how many bytes the answer to a call takes: what its output buffers can hold. */
+function answerEstimate(spec: CallSpec, args: readonly unknown[], maxPayload: number): number {
+  let n = 16;
+  spec.args.forEach((p, i) => {
+    const v = args[i];
+    const count = typeof v === 'number' ? v : typeof v === 'bigint' ? Number(v) : 0;
+    if (p.kind === 'outbytes' || p.kind === 'outfixed') n += count;
+    else if (p.kind === 'outlist' || (spec.name === 'C_FindObjects' && p.name === 'maxObjectCount')) n += 9 * Math.min(count, 65536);
+    else if (p.kind === 'attrquery') n += 1024;
+  });
+  return Math.min(n, maxPayload + 32);
 }
 
 function shapeResults(spec: CallSpec, results: unknown[], jsArgs: unknown[]): unknown {

@@ -1,11 +1,15 @@
 // CALL and RESULT payloads: [id, args...] and [rv, results...], checked
 // against the call table in both directions.
 import { checkArg, checkResult } from './kinds.js';
-import { pack, peekFirstUint, unpack } from './msgpack.js';
+import { checkStructure, pack, peekFirstUint, unpack } from './msgpack.js';
 import { callById, RV, type CallSpec } from './table.js';
 
 export class ProtocolError extends Error {
   override readonly name = 'ProtocolError';
+  /** The CKR code a server answers with: CKR_ARGUMENTS_BAD unless the call itself is unknown. */
+  constructor(message: string, readonly rv = 0x7 /* CKR_ARGUMENTS_BAD */) {
+    super(message);
+  }
 }
 
 export function encodeCall(spec: CallSpec, args: readonly unknown[]): Buffer {
@@ -25,7 +29,10 @@ export function decodeCall(payload: Uint8Array): { spec: CallSpec; args: unknown
   const v = safeUnpack(payload);
   if (!Array.isArray(v) || v.length === 0) throw new ProtocolError('CALL payload is not [id, args...]');
   const spec = typeof v[0] === 'number' ? callById(v[0]) : undefined;
-  if (!spec) throw new ProtocolError(`unknown call id ${String(v[0])}`);
+  if (!spec) {
+    const known = typeof v[0] === 'number' || typeof v[0] === 'bigint';
+    throw new ProtocolError(`unknown call id ${String(v[0])}`, known ? 0x54 /* CKR_FUNCTION_NOT_SUPPORTED */ : 0x7);
+  }
   const args = v.slice(1);
   checkArgs(spec, args);
   return { spec, args };
@@ -69,6 +76,8 @@ function checkArity(spec: CallSpec, what: string, expected: number, got: number)
 }
 
 function safeUnpack(payload: Uint8Array): unknown {
+  const bad = checkStructure(payload);
+  if (bad) throw new ProtocolError(`malformed payload: ${bad}`);
   try {
     return unpack(payload);
   } catch (e) {

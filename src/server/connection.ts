@@ -39,14 +39,30 @@ export class Connection {
     return this.inflight.size === 0;
   }
 
+  /** Repeats of requests answered from the copy or ignored (never run twice), and stale requests dropped. */
+  readonly retryStats = { replayed: 0, runningRepeats: 0, stale: 0 };
+
   async handleCall(req: number, payload: Buffer): Promise<void> {
     this.lastSeen = Date.now();
     if (req === this.lastReq && this.lastResponse) {
       // A retry of a request that was answered: answer again, never rerun.
+      this.retryStats.replayed++;
+      this.log.debug({ conn: this.id, req }, 'repeated request answered from the copy');
       this.send(this.lastResponse);
       return;
     }
-    if (this.inflight.has(req)) return; // a retry of one still running
+    if (this.inflight.has(req)) {
+      // A retry of one still running: its answer comes when the run ends.
+      this.retryStats.runningRepeats++;
+      return;
+    }
+    if (this.lastReq !== 0 && isBefore(req, this.lastReq)) {
+      // An older request (a copy the line duplicated and delayed, or a retry
+      // the client has given up on): its answer was superseded; never run it.
+      this.retryStats.stale++;
+      this.log.debug({ conn: this.id, req, lastReq: this.lastReq }, 'stale request dropped');
+      return;
+    }
     this.inflight.add(req);
     const id = peekFirstUint(payload);
     const name = (id !== undefined && callById(id)?.name) || `call ${id}`;
@@ -71,8 +87,12 @@ export class Connection {
         this.log.warn({ conn: this.id, req, fn: name, rv: rvName(reply.rv), err: reply.message, ms }, 'call refused');
       }
       this.calls++;
-      this.lastReq = req;
-      this.lastResponse = frame;
+      // Keep the copy until a later request has been answered (a slow run
+      // finishing after a newer one must not take the copy back).
+      if (this.lastReq === 0 || !isBefore(req, this.lastReq)) {
+        this.lastReq = req;
+        this.lastResponse = frame;
+      }
       this.send(frame);
     } finally {
       clearInterval(busy);
@@ -81,4 +101,13 @@ export class Connection {
       this.lastSeen = Date.now();
     }
   }
+}
+
+/**
+ * Whether request id `a` comes before `b` on a connection: ids increase by one
+ * per request and wrap from 2^32-1 to 1, so "before" means at most 2^31 back.
+ */
+export function isBefore(a: number, b: number): boolean {
+  const d = (b - a) >>> 0;
+  return d !== 0 && d < 0x80000000;
 }

@@ -210,7 +210,7 @@ export class Daemon {
     if (conn && conn.portPath === port.path) {
       this.conns.delete(f.conn);
       await conn.executor.close();
-      this.opts.log.info({ port: port.path, conn: f.conn, calls: conn.calls }, 'connection closed');
+      this.opts.log.info({ port: port.path, conn: f.conn, calls: conn.calls, ...conn.retryStats }, 'connection closed');
     }
     port.send(encodeFrame(FrameType.ByeOk, f.conn, f.req));
   }

@@ -295,15 +295,17 @@ export class PolicyEnforcer implements CallGate {
 
   async run(payload: Buffer, execute: Execute, ctx: CallContext): Promise<ExecutorReply> {
     const id = peekFirstUint(payload);
-    if (id === undefined || callById(id) === undefined) {
-      return { ok: false, rv: CKR.FUNCTION_NOT_SUPPORTED, message: `unknown call id ${String(id)}` };
+    if (id !== undefined && callById(id) === undefined) {
+      return { ok: false, rv: CKR.FUNCTION_NOT_SUPPORTED, message: `unknown call id ${id}` };
     }
     let call: { spec: CallSpec; args: unknown[] };
     try {
       call = decodeCall(payload);
     } catch (e) {
       // Fail closed: what the policy cannot read does not reach the module.
-      return { ok: false, rv: CKR.ARGUMENTS_BAD, message: e instanceof ProtocolError ? e.message : String(e) };
+      return e instanceof ProtocolError
+        ? { ok: false, rv: e.rv, message: e.message }
+        : { ok: false, rv: CKR.ARGUMENTS_BAD, message: String(e) };
     }
     const { spec, args } = call;
     const plan = PLANS.get(spec.id)!;

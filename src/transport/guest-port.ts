@@ -7,6 +7,7 @@ import { closeSync, constants, openSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { LinuxBinding } from '@serialport/bindings-cpp';
+import './poller-fix.js';
 import { packageRoot } from '../paths.js';
 
 interface FlockAddon { flock(fd: number, op: number): number; LOCK_EX: number; LOCK_UN: number; LOCK_NB: number; EWOULDBLOCK: number }

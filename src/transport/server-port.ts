@@ -3,6 +3,7 @@
 // and IXON itself), so a freshly booted tty in cooked mode with echo on is
 // put right at open. The daemon holds it, locked, for its whole life.
 import { SerialPort } from 'serialport';
+import './poller-fix.js';
 
 export interface ByteLink {
   readonly path: string;

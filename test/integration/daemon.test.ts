@@ -2,6 +2,9 @@
 // hostile bytes on the line, the raw frame protocol (errors, replays), signals
 // and start-up failures. Real daemon, real socat pty pairs, real SoftHSM2.
 import { execFile } from 'node:child_process';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { createHash, randomBytes, randomInt } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import { promisify } from 'node:util';
@@ -486,4 +489,92 @@ describe('refuses to start', () => {
     expect(r.stderr).toMatch(/does not exist/);
     await p.kill();
   });
+});
+
+describe('a hostile guest: malformed payloads inside well-formed frames', () => {
+  // Each payload is answered (a RESULT with an error rv, or an ERROR frame),
+  // never crashes the daemon or the connection's module instance, and
+  // allocates nothing in proportion to a declared length: the frames are
+  // small, the declared lengths are 4 GiB. Run on a port without policy (the
+  // executor's C decoder reads the payload) and on a port with a mechanism
+  // allow-list (the daemon's TypeScript decoder reads it first).
+  const CK = { C_GetInfo: 3, C_GetSessionInfo: 16, C_CreateObject: 21, C_DestroyObject: 23, C_Digest: 39 };
+  const CKR_SESSION_HANDLE_INVALID_ = 0xb3, CKR_OBJECT_HANDLE_INVALID = 0x82, CKR_FUNCTION_NOT_SUPPORTED = 0x54;
+  const u32 = (n: number) => { const b = Buffer.alloc(4); b.writeUInt32BE(n); return b; };
+  const cat = (...parts: Array<Buffer | number[]>) => Buffer.concat(parts.map((p) => Buffer.isBuffer(p) ? p : Buffer.from(p)));
+
+  /** [what, payload, the rv it must get] */
+  function hostile(s: number): Array<[string, Buffer, number]> {
+    const attrs = Array.from({ length: 100_000 }, (_, i) => [CKA_LABEL, Buffer.from([i & 0xff])]);
+    return [
+      ['an empty payload', Buffer.alloc(0), CKR_ARGUMENTS_BAD],
+      ['a map instead of an array', pack({ call: CK.C_GetInfo }), CKR_ARGUMENTS_BAD],
+      ['an unknown call id', pack([250]), CKR_FUNCTION_NOT_SUPPORTED],
+      ['a string for a session handle', pack([CK.C_GetSessionInfo, 'one']), CKR_ARGUMENTS_BAD],
+      ['a float for a session handle', cat([0x92, CK.C_GetSessionInfo, 0xcb], Buffer.alloc(8, 0x3f)), CKR_ARGUMENTS_BAD],
+      ['a negative session handle', pack([CK.C_GetSessionInfo, -1]), CKR_ARGUMENTS_BAD],
+      ['a session handle of 2^64-1 (never issued)', cat([0x92, CK.C_GetSessionInfo, 0xcf], Buffer.alloc(8, 0xff)), CKR_SESSION_HANDLE_INVALID_],
+      ['an object handle never issued', pack([CK.C_DestroyObject, s, 0x7eadbeef]), CKR_OBJECT_HANDLE_INVALID],
+      ['too few arguments', pack([CK.C_Digest, s]), CKR_ARGUMENTS_BAD],
+      ['trailing bytes after the call', cat(pack([CK.C_GetInfo]), [0xc0, 0xc0]), CKR_ARGUMENTS_BAD],
+      ['a msgpack extension type', cat([0x92, CK.C_GetSessionInfo, 0xd4, 0x01, 0x00]), CKR_ARGUMENTS_BAD],
+      ['a byte string declaring 4 GiB', cat([0x94, CK.C_Digest, s, 0xc6], u32(0xfffffff0), [1, 2, 3]), CKR_ARGUMENTS_BAD],
+      ['a string declaring 4 GiB', cat([0x93, CK.C_CreateObject, s, 0x91, 0x92, 0x03, 0xdb], u32(0xffffffff), [0x41]), CKR_ARGUMENTS_BAD],
+      ['an array declaring 4 G elements', cat([0x93, CK.C_CreateObject, s, 0xdd], u32(0xffffffff), [0xc0]), CKR_ARGUMENTS_BAD],
+      ['a map declaring 4 G entries', cat([0x93, CK.C_CreateObject, s, 0x91, 0x92, 0x03, 0xdf], u32(0xffffffff)), CKR_ARGUMENTS_BAD],
+      ['a template nested 100,000 deep', cat([0x93, CK.C_CreateObject, s], Buffer.alloc(100_000, 0x91), [0xc0]), CKR_ARGUMENTS_BAD],
+      ['a template of 100,000 attributes', pack([CK.C_CreateObject, s, attrs]), CKR_ARGUMENTS_BAD],
+      ['a call id past the table', cat([0x91, 0xcf], Buffer.alloc(8, 0xff)), CKR_FUNCTION_NOT_SUPPORTED],
+    ];
+  }
+
+  async function attack(withPolicy: boolean): Promise<void> {
+    const p = await createPtyPair();
+    cleanups.push(() => p.kill());
+    const args: string[] = ['--log-level', 'info'];
+    if (withPolicy) {
+      const dir = path.join(os.tmpdir(), `p11bridge-hostile-${process.pid}`);
+      mkdirSync(dir, { recursive: true });
+      const file = path.join(dir, 'config.json');
+      writeFileSync(file, JSON.stringify({ ports: [{ path: p.serverPath, mechanisms: ['CKM_SHA256'] }] }));
+      cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+      args.push('--config', file);
+    }
+    const d = await startDaemon({ module: token.module, ports: [p.serverPath], env: token.env, args });
+    cleanups.push(() => d.stop());
+    const line = await RawLine.open(p.guestPath);
+    cleanups.push(() => line.close());
+    const nonce = randomInt(1, 0xffffffff);
+    await line.write(encodeFrame(FrameType.Hello, 0, nonce, pack({ versions: [1, 1], maxPayload: 1024 * 1024, client: 'hostile/1' })));
+    const conn = (await line.next(nonce)).conn;
+    let req = 0;
+    const send = async (payload: Buffer): Promise<{ rv: number; frame: Frame }> => {
+      const r = ++req;
+      await line.write(encodeFrame(FrameType.Call, conn, r, payload));
+      const frame = await line.next(r, conn);
+      if (frame.type === FrameType.Error) return { rv: (unpack(frame.payload) as { rv: number }).rv, frame };
+      expect(frame.type).toBe(FrameType.Result);
+      return { rv: (unpack(frame.payload) as number[])[0]!, frame };
+    };
+    expect((await send(pack([ID.C_Initialize]))).rv).toBe(CKR_OK);
+    const slots = await send(pack([5 /* C_GetSlotList */, true, 8]));
+    expect(slots.rv).toBe(CKR_OK);
+    const slotNum = (unpack(slots.frame.payload) as [number, number[]])[1][0]!;
+    const open = await send(pack([ID.C_OpenSession, slotNum, CKF_RW_SERIAL]));
+    expect(open.rv).toBe(CKR_OK);
+    const s = (unpack(open.frame.payload) as number[])[1]!;
+    const rssBefore = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${d.pid}/status`, 'utf8'))![1]);
+    for (const [what, payload, want] of hostile(s)) {
+      const { rv } = await send(payload);
+      expect(rv, what).toBe(want);
+      // the connection (and its module instance) still serves
+      expect((await send(pack([CK.C_GetSessionInfo, s]))).rv, `after ${what}`).toBe(CKR_OK);
+    }
+    const rssAfter = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${d.pid}/status`, 'utf8'))![1]);
+    expect(rssAfter - rssBefore).toBeLessThan(64 * 1024); // KiB: nothing near the 4 GiB declared
+    expect(d.exited()).toBeUndefined();
+  }
+
+  it('on a port without policy (the executor decodes)', { timeout: 60_000 }, () => attack(false));
+  it('on a port with a mechanism allow-list (the daemon decodes first)', { timeout: 60_000 }, () => attack(true));
 });

@@ -2,7 +2,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { decodeCall, decodeResult, encodeCall, encodeResult, ProtocolError } from '../../src/protocol/codec.js';
-import { pack, peekFirstUint } from '../../src/protocol/msgpack.js';
+import { checkStructure, pack, peekFirstUint, unpack } from '../../src/protocol/msgpack.js';
 import { callByName, CALLS, RV } from '../../src/protocol/table.js';
 import { argToWire, attrValueToHost, mechanismToWire, resultFromWire, templateToWire } from '../../src/client/shapes.js';
 import { Pkcs11Client } from '../../src/client/client.js';
@@ -49,6 +49,28 @@ describe('call codec', () => {
         }
       }
     }));
+  });
+
+  it('checks the structure of untrusted MessagePack before decoding it', () => {
+    // Whatever the encoder writes passes; whatever passes, msgpackr decodes.
+    const value = fc.letrec((tie) => ({
+      v: fc.oneof({ depthSize: 'small', withCrossShrink: true },
+        fc.constant(null), fc.boolean(), fc.integer(), fc.double({ noNaN: true }), fc.string(), fc.uint8Array().map((u) => Buffer.from(u)),
+        fc.array(tie('v'), { maxLength: 5 }), fc.dictionary(fc.string(), tie('v'), { maxKeys: 4 })),
+    })).v;
+    fc.assert(fc.property(value, (v) => {
+      expect(checkStructure(pack(v), 64)).toBeUndefined();
+    }));
+    fc.assert(fc.property(fc.uint8Array({ maxLength: 300 }), (bytes) => {
+      if (checkStructure(bytes) === undefined) expect(() => unpack(bytes)).not.toThrow();
+    }), { numRuns: 20000 });
+    expect(checkStructure(Buffer.concat([Buffer.alloc(17, 0x91), Buffer.from([0xc0])]))).toMatch(/deeper than 16/);
+    expect(checkStructure(Buffer.concat([Buffer.alloc(15, 0x91), Buffer.from([0xc0])]))).toBeUndefined();
+    expect(checkStructure(Buffer.from([0xc6, 0xff, 0xff, 0xff, 0xf0, 1]))).toMatch(/length beyond/);
+    expect(checkStructure(Buffer.from([0xdd, 0xff, 0xff, 0xff, 0xff, 0xc0]))).toMatch(/more elements than bytes/);
+    expect(checkStructure(Buffer.from([0xd4, 1, 0]))).toMatch(/extension/);
+    expect(checkStructure(Buffer.from([0xc0, 0xc0]))).toMatch(/1 bytes after/);
+    expect(checkStructure(Buffer.alloc(0))).toMatch(/truncated/);
   });
 
   it('reads the call id and rv without decoding the payload', () => {

@@ -209,7 +209,7 @@ describe('payloads the policy cannot read', () => {
     const ctx = { conn: 9, req: 1 };
     expect(await gate.run(pack([callByName('C_OpenSession').id, 1]), execute, ctx)).toMatchObject({ ok: false, rv: RV.CKR_ARGUMENTS_BAD });
     expect(await gate.run(pack([250, 1]), execute, ctx)).toMatchObject({ ok: false, rv: RV.CKR_FUNCTION_NOT_SUPPORTED });
-    expect(await gate.run(Buffer.from([0xc1]), execute, ctx)).toMatchObject({ ok: false, rv: RV.CKR_FUNCTION_NOT_SUPPORTED });
+    expect(await gate.run(Buffer.from([0xc1]), execute, ctx)).toMatchObject({ ok: false, rv: RV.CKR_ARGUMENTS_BAD });
     expect(seen).toEqual([]);
   });
 

@@ -104,6 +104,7 @@ typedef struct {
   unsigned long max_payload;
   unsigned long retries;
   unsigned long baud;
+  unsigned long attempt_ms;
 } pb_config;
 
 static int parse_ulong(const char *s, unsigned long lo, unsigned long hi, unsigned long *out) {
@@ -144,6 +145,11 @@ static int set_key(pb_config *c, const char *key, const char *val, const char *w
       dbg("%s: baud must be 50 .. 100000000", where);
       return -1;
     }
+  } else if (!strcmp(key, "attempt_ms")) {
+    if (parse_ulong(val, 10, 3600000, &c->attempt_ms)) {
+      dbg("%s: attempt_ms must be 10 .. 3600000", where);
+      return -1;
+    }
   } else if (!strcmp(key, "max_payload")) {
     if (parse_ulong(val, 64, 1ul << 30, &c->max_payload)) {
       dbg("%s: max_payload must be 64 .. 2^30", where);
@@ -162,6 +168,7 @@ static int load_config(pb_config *c) {
   c->max_payload = PB_DEFAULT_MAX_PAYLOAD;
   c->retries = PB_DEFAULT_RETRIES;
   c->baud = PB_DEFAULT_BAUD;
+  c->attempt_ms = PB_ATTEMPT_BASE_MS;
   const char *file = getenv("P11BRIDGE_CONFIG");
   if (file && *file) {
     FILE *f = fopen(file, "re");
@@ -196,6 +203,7 @@ static int load_config(pb_config *c) {
   if ((v = getenv("P11BRIDGE_MAX_PAYLOAD")) && *v && set_key(c, "max_payload", v, "P11BRIDGE_MAX_PAYLOAD")) return -1;
   if ((v = getenv("P11BRIDGE_RETRIES")) && *v && set_key(c, "retries", v, "P11BRIDGE_RETRIES")) return -1;
   if ((v = getenv("P11BRIDGE_BAUD")) && *v && set_key(c, "baud", v, "P11BRIDGE_BAUD")) return -1;
+  if ((v = getenv("P11BRIDGE_ATTEMPT_MS")) && *v && set_key(c, "attempt_ms", v, "P11BRIDGE_ATTEMPT_MS")) return -1;
   if (!c->port[0]) {
     dbg("no serial port: set TEC_COMM_PORT (e.g. /dev/ttyS4) or 'port' in the file named by P11BRIDGE_CONFIG");
     return -1;
@@ -438,6 +446,7 @@ static CK_RV do_initialize(const CK_C_INITIALIZE_ARGS *args) {
   }
   g.port.retries = (unsigned)cfg.retries;
   g.port.baud = cfg.baud;
+  g.port.attempt_ms = cfg.attempt_ms;
   g.conn = 0;
   g.next_req = 1;
   g.max_payload = cfg.max_payload;

@@ -26,6 +26,7 @@ int pb_port_open(pb_port *p, const char *path, unsigned timeout_ms, size_t max_p
   p->timeout_ms = timeout_ms;
   p->retries = PB_DEFAULT_RETRIES;
   p->baud = PB_DEFAULT_BAUD;
+  p->attempt_ms = PB_ATTEMPT_BASE_MS;
   p->path = strdup(path);
   if (!p->path) {
     snprintf(msg, msglen, "out of memory");
@@ -100,7 +101,7 @@ unsigned long pb_port_tx_ms(const pb_port *p, size_t n) {
 unsigned long pb_port_attempt_ms(const pb_port *p, size_t reqlen, size_t resplen) {
   /* the response on the line: payload, header and CRC, COBS and delimiters */
   size_t resp_line = resplen + PB_MIN_FRAME + resplen / 254 + 3;
-  return PB_ATTEMPT_BASE_MS + pb_port_tx_ms(p, reqlen) + pb_port_tx_ms(p, resp_line);
+  return (p->attempt_ms ? p->attempt_ms : PB_ATTEMPT_BASE_MS) + pb_port_tx_ms(p, reqlen) + pb_port_tx_ms(p, resp_line);
 }
 
 static unsigned long backoff_ms(unsigned resend) { /* resend 1, 2, ... */
@@ -221,9 +222,10 @@ static int exchange(pb_port *p, const unsigned char *frame, size_t framelen, siz
   unsigned attempt = 1, resends = 0;
   const unsigned max_attempts = p->retries + 1;
   /* the whole call: timeout_ms of silence plus the transmission time; each
-   * attempt: 1 s plus the transmission time (never more than the whole) */
+   * attempt: attempt_ms plus the transmission time (never more than the whole) */
   const unsigned long attempt_ms = pb_port_attempt_ms(p, framelen, resplen);
-  const unsigned long overall_ms = p->timeout_ms + (attempt_ms - PB_ATTEMPT_BASE_MS);
+  const unsigned long line_ms = attempt_ms - (p->attempt_ms ? p->attempt_ms : PB_ATTEMPT_BASE_MS);
+  const unsigned long overall_ms = p->timeout_ms + line_ms;
   const unsigned long base = attempt_ms < overall_ms ? attempt_ms : overall_ms;
   unsigned long cur = base; /* this attempt's silence timeout */
   long long now = now_ms();

@@ -16,7 +16,7 @@
  * (same connection and request id: the server answers a repeat from its copy
  * of the last response and never runs a call twice; a repeated HELLO keeps
  * its nonce), still under the device lock, up to `retries` times with a
- * growing wait. Attempt timeout: PB_ATTEMPT_BASE_MS plus the time the
+ * growing wait. Attempt timeout: `attempt_ms` (default PB_ATTEMPT_BASE_MS) plus the time the
  * request and the expected response take at the `baud` hint, plus the
  * back-off. The whole call gives up when `timeout_ms` passes without a sign
  * of life from the server (BUSY restarts it, and the attempt timer) or when
@@ -24,7 +24,7 @@
  * input dropped (the next round trip reopens and flushes it), so the stream
  * is re-synchronised. Damaged pieces are dropped by the deframer and simply
  * lead to a resend on timeout. */
-#define PB_ATTEMPT_BASE_MS 1000u
+#define PB_ATTEMPT_BASE_MS 1000u  /* default of attempt_ms */
 #define PB_BACKOFF_MS 50u         /* added before resend k: 50, 100, 200, ... ms (as the TS client) */
 #define PB_BACKOFF_MAX_MS 1000u
 #define PB_DEFAULT_RETRIES 4u
@@ -41,6 +41,7 @@ typedef struct {
   unsigned timeout_ms;
   unsigned retries;      /* resends after the first attempt */
   unsigned long baud;    /* line speed hint for the attempt timeout */
+  unsigned long attempt_ms; /* silence before a resend, before the line time */
   pb_deframer df;
   pb_port_stats stats;
 } pb_port;

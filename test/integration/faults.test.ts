@@ -1,0 +1,526 @@
+// A faulty line: the real daemon and a real SoftHSM2 token behind a relay
+// that damages frames (test/helpers/fault-link.ts), the TypeScript client on
+// the far side. Every call is exactly-once: a retried C_CreateObject creates
+// one object, a retried C_EncryptUpdate does not advance the cipher twice, a
+// retried C_Login is not a second login. Also: the daemon killed and
+// restarted under load, and a port fed 100 MB of garbage next to a port
+// serving calls. The same workload and restart run from C through
+// libp11bridge.so (native/test/test_module.c, modes "faults" and "restart").
+import { createCipheriv, createDecipheriv, createHash, createHmac, createPublicKey, randomBytes, verify } from 'node:crypto';
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Pkcs11Client } from '../../src/index.js';
+import { encodeFrame, FrameType } from '../../src/protocol/frame.js';
+import { openSerial } from '../../src/transport/server-port.js';
+import { REPO_ROOT, startDaemon, type Daemon } from '../helpers/daemon.js';
+import { trackChild } from '../helpers/children.js';
+import { GUEST_SOFTHSM2_CONF } from '../helpers/guest.js';
+import { openDirect } from '../helpers/direct.js';
+import { FaultLink, mulberry32, type DirectionStats } from '../helpers/fault-link.js';
+import { createPtyPair, type PtyPair } from '../helpers/pty.js';
+import { createToken, type SoftHsmToken } from '../helpers/softhsm.js';
+
+const CKF_RW_SERIAL = 6, CKF_SERIAL = 4, CKU_USER = 1;
+const CKS_RW_PUBLIC_SESSION = 2, CKS_RW_USER_FUNCTIONS = 3;
+const CKO_DATA = 0, CKO_SECRET_KEY = 4;
+const CKK_GENERIC_SECRET = 0x10, CKK_AES = 0x1f;
+const CKA_CLASS = 0, CKA_TOKEN = 1, CKA_PRIVATE = 2, CKA_LABEL = 3, CKA_APPLICATION = 0x10, CKA_VALUE = 0x11;
+const CKA_KEY_TYPE = 0x100, CKA_ENCRYPT = 0x104, CKA_DECRYPT = 0x105, CKA_SIGN = 0x108, CKA_VERIFY = 0x10a;
+const CKA_MODULUS = 0x120, CKA_MODULUS_BITS = 0x121, CKA_PUBLIC_EXPONENT = 0x122;
+const CKM_RSA_PKCS_KEY_PAIR_GEN = 0, CKM_SHA256_RSA_PKCS = 0x40, CKM_SHA256 = 0x250, CKM_SHA256_HMAC = 0x251, CKM_AES_CBC = 0x1082;
+const CKR_DEVICE_ERROR = 0x30, CKR_DEVICE_REMOVED = 0x32;
+
+/** Retry settings for a pty (no UART delay): a lost frame costs about 110 ms. */
+const FAST_RETRY = { timeoutMs: 5000, attemptTimeoutMs: 100, maxAttempts: 8, retryBackoffMs: 10 };
+
+let token: SoftHsmToken;
+let daemonPair: PtyPair;
+let appPair: PtyPair;
+let link: FaultLink;
+let daemon: Daemon;
+const cleanups: Array<() => Promise<unknown>> = [];
+const figures: string[] = [];
+
+beforeAll(async () => {
+  token = await createToken();
+  daemonPair = await createPtyPair();
+  appPair = await createPtyPair();
+  link = await FaultLink.start(daemonPair.guestPath, appPair.serverPath, { seed: 20240605 });
+  daemon = await startDaemon({ module: token.module, ports: [daemonPair.serverPath], env: token.env, args: ['--log-level', 'info'] });
+});
+
+afterAll(async () => {
+  for (const c of cleanups.reverse()) await c().catch(() => undefined);
+  await daemon?.stop();
+  await link?.close();
+  await appPair?.kill();
+  await daemonPair?.kill();
+  await token?.cleanup();
+  if (figures.length) console.log(`\nfault figures:\n${figures.join('\n')}`);
+});
+
+async function findSlot(c: Pkcs11Client): Promise<Buffer> {
+  for (const s of await c.C_GetSlotList(true)) if ((await c.C_GetTokenInfo(s)).label.trim() === token.label) return s;
+  throw new Error('token not found');
+}
+
+interface Keys {
+  session: Buffer;
+  aes: Buffer;
+  aesKey: Buffer;
+  hmac: Buffer;
+  hmacKey: Buffer;
+  rsaPriv: Buffer;
+  rsaPub: ReturnType<typeof createPublicKey>;
+}
+
+/** A session logged in as the user, with session keys whose secrets the test knows (public objects: they survive C_Logout). */
+async function setUp(c: Pkcs11Client): Promise<Keys> {
+  await c.C_Initialize();
+  const slot = await findSlot(c);
+  const session = await c.C_OpenSession(slot, CKF_RW_SERIAL);
+  await c.C_Login(session, CKU_USER, token.pin);
+  const aesKey = randomBytes(32), hmacKey = randomBytes(32);
+  const secret = (keyType: number, value: Buffer, use: object[]) => c.C_CreateObject(session, [
+    { type: CKA_CLASS, value: CKO_SECRET_KEY }, { type: CKA_KEY_TYPE, value: keyType }, { type: CKA_TOKEN, value: false },
+    { type: CKA_PRIVATE, value: false }, { type: CKA_VALUE, value }, ...(use as never[]),
+  ]);
+  const aes = await secret(CKK_AES, aesKey, [{ type: CKA_ENCRYPT, value: true }, { type: CKA_DECRYPT, value: true }]);
+  const hmac = await secret(CKK_GENERIC_SECRET, hmacKey, [{ type: CKA_SIGN, value: true }, { type: CKA_VERIFY, value: true }]);
+  const kp = await c.C_GenerateKeyPair(session, { mechanism: CKM_RSA_PKCS_KEY_PAIR_GEN },
+    [{ type: CKA_TOKEN, value: false }, { type: CKA_MODULUS_BITS, value: 2048 }, { type: CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) }, { type: CKA_VERIFY, value: true }],
+    [{ type: CKA_TOKEN, value: false }, { type: CKA_PRIVATE, value: false }, { type: CKA_SIGN, value: true }]);
+  const [n, e] = await c.C_GetAttributeValue(session, kp.publicKey, [{ type: CKA_MODULUS }, { type: CKA_PUBLIC_EXPONENT }]);
+  const rsaPub = createPublicKey({ key: { kty: 'RSA', n: (n!.value as Buffer).toString('base64url'), e: (e!.value as Buffer).toString('base64url') }, format: 'jwk' });
+  return { session, aes, aesKey, hmac, hmacKey, rsaPriv: kp.privateKey, rsaPub };
+}
+
+interface WorkloadResult {
+  calls: number;
+  ms: number;
+  tokenObjects: number;
+  sessionObjects: number;
+  app: string;
+}
+
+/**
+ * A mixed workload of about `target` calls, every result checked: multi-part
+ * AES-CBC against node:crypto, HMAC and RSA signatures, digests, creates and
+ * destroys of token and session objects (their labels read back), logout and
+ * login cycles. Throws at the first wrong result or error.
+ */
+async function workload(c: Pkcs11Client, k: Keys, target: number, seed: number): Promise<WorkloadResult> {
+  const rnd = mulberry32(seed);
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!;
+  const app = `faults-${seed}`;
+  const s = k.session;
+  let calls = 0;
+  const call = async <T>(p: Promise<T>): Promise<T> => {
+    const r = await p;
+    calls++;
+    return r;
+  };
+  const tokenObjs: Array<{ h: Buffer; label: string }> = [];
+  const sessionObjs: Array<{ h: Buffer; label: string }> = [];
+  let serial = 0;
+  const started = Date.now();
+  const ops: Array<[number, () => Promise<void>]> = [
+    [3, async () => {
+      // Multi-part AES-CBC: parts of whole blocks, so each update gives its own length back.
+      const iv = randomBytes(16);
+      const parts = [1, 2, 3].map(() => randomBytes(16 * (1 + Math.floor(rnd() * 4))));
+      const expected = createCipheriv('aes-256-cbc', k.aesKey, iv).setAutoPadding(false);
+      await call(c.C_EncryptInit(s, { mechanism: CKM_AES_CBC, parameter: iv }, k.aes));
+      const enc: Buffer[] = [];
+      for (const p of parts) {
+        const got = await call(c.C_EncryptUpdate(s, p, Buffer.alloc(p.length + 16)));
+        const want = expected.update(p);
+        if (!got.equals(want)) throw new Error(`C_EncryptUpdate: wrong ciphertext after ${calls} calls`);
+        enc.push(got);
+      }
+      const fin = await call(c.C_EncryptFinal(s, Buffer.alloc(16)));
+      if (fin.length !== 0) throw new Error('C_EncryptFinal returned data for whole blocks');
+      const dec = createDecipheriv('aes-256-cbc', k.aesKey, iv).setAutoPadding(false);
+      await call(c.C_DecryptInit(s, { mechanism: CKM_AES_CBC, parameter: iv }, k.aes));
+      for (let i = 0; i < enc.length; i++) {
+        const got = await call(c.C_DecryptUpdate(s, enc[i]!, Buffer.alloc(enc[i]!.length + 16)));
+        if (!got.equals(parts[i]!) || !got.equals(dec.update(enc[i]!))) throw new Error(`C_DecryptUpdate: wrong plaintext after ${calls} calls`);
+      }
+      await call(c.C_DecryptFinal(s, Buffer.alloc(16)));
+    }],
+    [2, async () => {
+      const a = randomBytes(1 + Math.floor(rnd() * 100)), b = randomBytes(1 + Math.floor(rnd() * 100));
+      await call(c.C_SignInit(s, { mechanism: CKM_SHA256_HMAC }, k.hmac));
+      await call(c.C_SignUpdate(s, a));
+      await call(c.C_SignUpdate(s, b));
+      const mac = await call(c.C_SignFinal(s, Buffer.alloc(32)));
+      if (!mac.equals(createHmac('sha256', k.hmacKey).update(a).update(b).digest())) throw new Error('wrong HMAC');
+    }],
+    [1, async () => {
+      const data = randomBytes(64);
+      await call(c.C_SignInit(s, { mechanism: CKM_SHA256_RSA_PKCS }, k.rsaPriv));
+      const sig = await call(c.C_Sign(s, data, Buffer.alloc(256)));
+      if (!verify('sha256', data, k.rsaPub, sig)) throw new Error('RSA signature does not verify');
+    }],
+    [2, async () => {
+      const data = randomBytes(1 + Math.floor(rnd() * 200));
+      await call(c.C_DigestInit(s, { mechanism: CKM_SHA256 }));
+      const d = await call(c.C_Digest(s, data, Buffer.alloc(32)));
+      if (!d.equals(createHash('sha256').update(data).digest())) throw new Error('wrong digest');
+    }],
+    ...([true, false] as const).map((onToken): [number, () => Promise<void>] => [2, async () => {
+      const list = onToken ? tokenObjs : sessionObjs;
+      if (list.length > 0 && rnd() < 0.45) {
+        const [gone] = list.splice(Math.floor(rnd() * list.length), 1);
+        await call(c.C_DestroyObject(s, gone!.h));
+        return;
+      }
+      const label = `${app}-${onToken ? 't' : 's'}-${serial++}`;
+      const h = await call(c.C_CreateObject(s, [
+        { type: CKA_CLASS, value: CKO_DATA }, { type: CKA_TOKEN, value: onToken }, { type: CKA_PRIVATE, value: false },
+        { type: CKA_LABEL, value: label }, { type: CKA_APPLICATION, value: Buffer.from(app) }, { type: CKA_VALUE, value: randomBytes(20) },
+      ]));
+      list.push({ h, label });
+    }]),
+    [1, async () => {
+      // The label of a live object, read back through its handle.
+      const all = [...tokenObjs, ...sessionObjs];
+      if (all.length === 0) return;
+      const o = pick(all);
+      const [a] = await call(c.C_GetAttributeValue(s, o.h, [{ type: CKA_LABEL }]));
+      if ((a!.value as Buffer).toString() !== o.label) throw new Error(`wrong label ${String(a!.value)} for ${o.label}`);
+    }],
+    [1, async () => {
+      // A second C_Login run would fail with CKR_USER_ALREADY_LOGGED_IN, a second C_Logout with CKR_USER_NOT_LOGGED_IN.
+      await call(c.C_Logout(s));
+      if ((await call(c.C_GetSessionInfo(s))).state !== CKS_RW_PUBLIC_SESSION) throw new Error('not logged out');
+      await call(c.C_Login(s, CKU_USER, token.pin));
+      if ((await call(c.C_GetSessionInfo(s))).state !== CKS_RW_USER_FUNCTIONS) throw new Error('not logged in');
+    }],
+  ];
+  const total = ops.reduce((n, [w]) => n + w, 0);
+  while (calls < target) {
+    let x = rnd() * total;
+    const op = ops.find(([w]) => (x -= w) < 0)![1];
+    await op();
+  }
+  // The session objects the workload left, found through the faulty line (a
+  // C_FindObjects run twice would return the next batch instead).
+  await call(c.C_FindObjectsInit(s, [{ type: CKA_APPLICATION, value: Buffer.from(app) }, { type: CKA_TOKEN, value: false }]));
+  const found: Buffer[] = [];
+  for (;;) {
+    const batch = await call(c.C_FindObjects(s, 7));
+    if (batch.length === 0) break;
+    found.push(...batch);
+  }
+  await call(c.C_FindObjectsFinal(s));
+  expect(found.length).toBe(sessionObjs.length);
+  return { calls, ms: Date.now() - started, tokenObjects: tokenObjs.length, sessionObjects: sessionObjs.length, app };
+}
+
+/** Token objects of a workload, counted by loading the module directly. */
+async function countTokenObjects(app: string): Promise<number> {
+  const direct = await openDirect(token);
+  try {
+    const p = direct.pkcs11;
+    const slot = p.C_GetSlotList(true).find((sl) => p.C_GetTokenInfo(sl).label.trim() === token.label)!;
+    const s = p.C_OpenSession(slot, CKF_SERIAL);
+    p.C_FindObjectsInit(s, [{ type: CKA_CLASS, value: CKO_DATA }, { type: CKA_APPLICATION, value: Buffer.from(app) }]);
+    const n = p.C_FindObjects(s, 100_000).length;
+    p.C_FindObjectsFinal(s);
+    p.C_CloseSession(s);
+    return n;
+  } finally {
+    direct.close();
+  }
+}
+
+const diff = (a: DirectionStats, b: DirectionStats) =>
+  Object.fromEntries(Object.keys(a).map((k) => [k, a[k as keyof DirectionStats] - b[k as keyof DirectionStats]])) as unknown as DirectionStats;
+const fmt = (d: DirectionStats) =>
+  `${d.damaged}/${d.frames} frames damaged (drop ${d.dropped}, corrupt ${d.corrupted}, dup ${d.duplicated}, trunc ${d.truncated})`;
+
+async function runAtRate(rate: number, target: number, seed: number): Promise<void> {
+  link.setFaults({ frameRate: rate });
+  const before = link.stats();
+  const c = await Pkcs11Client.connect({ port: appPair.guestPath, ...FAST_RETRY });
+  try {
+    const keys = await setUp(c);
+    const line0 = { ...c.lineStats };
+    const r = await workload(c, keys, target, seed);
+    const line = c.lineStats;
+    const after = link.stats();
+    expect(await countTokenObjects(r.app)).toBe(r.tokenObjects);
+    await c.C_Logout(keys.session);
+    await c.C_Finalize();
+    const up = diff(after.toServer, before.toServer), down = diff(after.toGuest, before.toGuest);
+    const line2 = `rate ${(rate * 100).toFixed(1)}%: ${r.calls} calls in ${(r.ms / 1000).toFixed(1)} s (${(r.calls / (r.ms / 1000)).toFixed(0)}/s), ` +
+      `${line.retries - line0.retries} retries, ${line.failed - line0.failed} calls failed, 0 wrong results; ` +
+      `token objects ${r.tokenObjects} as expected, session objects ${r.sessionObjects}; ` +
+      `guest->daemon ${fmt(up)}; daemon->guest ${fmt(down)}; client dropped ${line.dropped - line0.dropped} damaged pieces and ${line.stray - line0.stray} stray answers`;
+    figures.push(line2);
+    console.log(line2);
+    // Damage the client could not miss means retries (a duplicate costs none).
+    if (up.dropped + down.dropped > 0) expect(line.retries - line0.retries).toBeGreaterThan(0);
+  } finally {
+    await c.close();
+  }
+  // The server's side of it: repeats answered from its copy, never run again.
+  const closed = await daemon.waitForLog((l) => l.msg === 'connection closed' && l.conn === c.serverInfo.connection, 5000);
+  const server = `  server: ${String(closed.calls)} calls run, ${String(closed.replayed)} repeats answered from the copy, ` +
+    `${String(closed.runningRepeats)} repeats of a running call ignored, ${String(closed.stale)} stale requests dropped`;
+  figures.push(server);
+  console.log(server);
+}
+
+describe('through a faulty line, every call runs exactly once and every result is right', () => {
+  it('0.1% of frames damaged each way: 5,000 calls', { timeout: 120_000 }, () => runAtRate(0.001, 5000, 11));
+  it('1% of frames damaged each way: 10,000 calls', { timeout: 240_000 }, () => runAtRate(0.01, 10_000, 12));
+  it('5% of frames damaged each way: 2,000 calls', { timeout: 180_000 }, () => runAtRate(0.05, 2000, 13));
+});
+
+describe('the daemon killed (SIGKILL) and restarted in the middle of a workload', () => {
+  it('the app sees CKR_DEVICE_ERROR or CKR_DEVICE_REMOVED, then CKR_DEVICE_REMOVED on its old connection, and a new connection works', { timeout: 60_000 }, async () => {
+    link.setFaults({ frameRate: 0.01 });
+    const c = await Pkcs11Client.connect({ port: appPair.guestPath, ...FAST_RETRY });
+    const keys = await setUp(c);
+    let calls = 0;
+    const errors: Array<{ code: unknown; message: string; atMs: number }> = [];
+    const run = (async () => {
+      for (;;) {
+        try {
+          await c.C_DigestInit(keys.session, { mechanism: CKM_SHA256 });
+          await c.C_Digest(keys.session, Buffer.from(`call ${calls}`), Buffer.alloc(32));
+          calls += 2;
+        } catch (e) {
+          errors.push({ code: (e as { code?: unknown }).code, message: (e as Error).message, atMs: Date.now() });
+          return;
+        }
+      }
+    })();
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(errors).toEqual([]);
+    const callsBefore = calls;
+    const killedAt = Date.now();
+    process.kill(daemon.pid, 'SIGKILL');
+    await daemon.exitPromise;
+    daemon = await startDaemon({ module: token.module, ports: [daemonPair.serverPath], env: token.env, args: ['--log-level', 'info'] });
+    const restartedMs = Date.now() - killedAt;
+    await run; // the loop ends at its first error; it must not hang
+    expect(callsBefore).toBeGreaterThan(0);
+    expect([CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED]).toContain(errors[0]!.code);
+    // Once the new daemon serves, the old connection is unknown to it: CKR_DEVICE_REMOVED, promptly.
+    const t0 = Date.now();
+    await expect(c.C_GetSessionInfo(keys.session)).rejects.toMatchObject({ code: CKR_DEVICE_REMOVED, message: expect.stringMatching(/unknown connection/) });
+    const removedMs = Date.now() - t0;
+    await c.close();
+    // A new connection (same process, same port) carries on.
+    const c2 = await Pkcs11Client.connect({ port: appPair.guestPath, ...FAST_RETRY });
+    try {
+      const k2 = await setUp(c2);
+      const r = await workload(c2, k2, 300, 99);
+      expect(await countTokenObjects(r.app)).toBe(r.tokenObjects);
+      await c2.C_Finalize();
+    } finally {
+      await c2.close();
+    }
+    const line = `daemon SIGKILL after ${callsBefore} calls: restarted in ${restartedMs} ms; the call in flight failed with ` +
+      `0x${Number(errors[0]!.code).toString(16)} (${errors[0]!.message}) ${errors[0]!.atMs - killedAt} ms after the kill; ` +
+      `the old connection then got CKR_DEVICE_REMOVED in ${removedMs} ms; a new connection ran 300 calls`;
+    figures.push(line);
+    console.log(line);
+  });
+});
+
+// ---- the same from C, through libp11bridge.so ----
+
+const LIB = path.join(REPO_ROOT, 'native/build/libp11bridge.so');
+const TEST_MODULE = path.join(REPO_ROOT, 'native/build/test_module');
+
+interface NativeRun {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs native/build/test_module in `mode` as a guest program (no token store of its own), with the module's retries tuned for a pty. */
+function runTestModule(mode: string, env: Record<string, string>, onLine?: (line: string) => void): Promise<NativeRun> {
+  const child = spawn(TEST_MODULE, [LIB, mode], {
+    env: {
+      PATH: process.env.PATH ?? '/usr/bin:/bin', SOFTHSM2_CONF: GUEST_SOFTHSM2_CONF, TEC_COMM_PORT: appPair.guestPath,
+      P11BRIDGE_TEST_PIN: token.pin, P11BRIDGE_ATTEMPT_MS: '100', P11BRIDGE_RETRIES: '7', P11BRIDGE_TIMEOUT_MS: '5000',
+      P11BRIDGE_DEBUG: '1', ...env,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  trackChild(child);
+  let stdout = '', stderr = '', partial = '';
+  child.stdout.on('data', (d: Buffer) => {
+    stdout += d;
+    partial += d;
+    const lines = partial.split('\n');
+    partial = lines.pop()!;
+    for (const l of lines) onLine?.(l);
+  });
+  child.stderr.on('data', (d: Buffer) => (stderr += d));
+  return new Promise((resolve) => child.on('exit', (code) => resolve({ code, stdout, stderr })));
+}
+
+/** The module's own counts, printed at C_Finalize with P11BRIDGE_DEBUG=1. */
+function portStatistics(stderr: string): string {
+  const all = [...stderr.matchAll(/port statistics: (.*)/g)];
+  return all.length ? all[all.length - 1]![1]! : '(none)';
+}
+
+async function runNativeAtRate(rate: number, target: number, seed: number): Promise<void> {
+  link.setFaults({ frameRate: rate });
+  const before = link.stats();
+  const app = `faults-c-${seed}`;
+  const t0 = Date.now();
+  const r = await runTestModule('faults', { P11BRIDGE_TEST_CALLS: String(target), P11BRIDGE_TEST_SEED: String(seed), P11BRIDGE_TEST_APP: app });
+  const ms = Date.now() - t0;
+  const after = link.stats();
+  if (r.code !== 0) throw new Error(`test_module faults exited ${r.code}:\n${r.stdout}\n${r.stderr.split('\n').slice(-30).join('\n')}`);
+  expect(r.stdout).toMatch(/checks passed \(faults\)/);
+  const m = /token_objects=(\d+) session_objects=(\d+) calls=(\d+)/.exec(r.stdout)!;
+  const [tokenObjects, sessionObjects, calls] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  expect(calls).toBeGreaterThanOrEqual(target);
+  // The token objects the program believes it left, counted on the module directly.
+  expect(await countTokenObjects(app)).toBe(tokenObjects);
+  const up = diff(after.toServer, before.toServer), down = diff(after.toGuest, before.toGuest);
+  const stats = portStatistics(r.stderr);
+  const resends = Number(/(\d+) resends/.exec(stats)?.[1] ?? NaN);
+  if (up.dropped + down.dropped > 0) expect(resends).toBeGreaterThan(0);
+  const line = `libp11bridge.so, rate ${(rate * 100).toFixed(1)}%: ${calls} calls in ${(ms / 1000).toFixed(1)} s (${(calls / (ms / 1000)).toFixed(0)}/s), ` +
+    `0 wrong results; token objects ${tokenObjects} as expected, session objects ${sessionObjects}; ` +
+    `guest->daemon ${fmt(up)}; daemon->guest ${fmt(down)}; module: ${stats}`;
+  figures.push(line);
+  console.log(line);
+}
+
+describe('libp11bridge.so through the same faulty line: every call exactly once', () => {
+  it('0.1% of frames damaged each way: 3,000 calls', { timeout: 120_000 }, () => runNativeAtRate(0.001, 3000, 21));
+  it('1% of frames damaged each way: 10,000 calls', { timeout: 300_000 }, () => runNativeAtRate(0.01, 10_000, 22));
+  it('5% of frames damaged each way: 2,000 calls', { timeout: 180_000 }, () => runNativeAtRate(0.05, 2000, 23));
+
+  it('the daemon killed (SIGKILL) and restarted under it: a documented error, then a new C_Initialize works', { timeout: 60_000 }, async () => {
+    link.setFaults({ frameRate: 0.01 });
+    let killedAt = 0;
+    let restarted: Promise<void> | undefined;
+    const r = await runTestModule('restart', {}, (line) => {
+      if (line !== 'restart: running' || restarted) return;
+      killedAt = Date.now();
+      process.kill(daemon.pid, 'SIGKILL');
+      restarted = (async () => {
+        await daemon.exitPromise;
+        daemon = await startDaemon({ module: token.module, ports: [daemonPair.serverPath], env: token.env, args: ['--log-level', 'info'] });
+      })();
+    });
+    await restarted;
+    if (r.code !== 0) throw new Error(`test_module restart exited ${r.code}:\n${r.stdout}\n${r.stderr.split('\n').slice(-30).join('\n')}`);
+    expect(killedAt).toBeGreaterThan(0);
+    const m = /first_error=0x([0-9a-f]+) then=0x([0-9a-f]+) calls_before=(\d+) calls_after=(\d+)/.exec(r.stdout)!;
+    const [first, then] = [parseInt(m[1]!, 16), parseInt(m[2]!, 16)];
+    expect([CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED]).toContain(first);
+    expect(then).toBe(CKR_DEVICE_REMOVED);
+    expect(Number(m[4])).toBe(200);
+    const line = `libp11bridge.so, daemon SIGKILL after ${m[3]} calls: the call in flight got 0x${first.toString(16)}, ` +
+      `the old session then 0x${then.toString(16)} (CKR_DEVICE_REMOVED); after C_Finalize/C_Initialize ${m[4]} calls succeeded`;
+    figures.push(line);
+    console.log(line);
+  });
+});
+
+function vmRssKiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return Number(m![1]);
+}
+
+describe('a port fed garbage', () => {
+  it('100 MB of random bytes on one port: the other port keeps serving and the daemon\'s memory stays flat', { timeout: 180_000 }, async () => {
+    const garbage = await createPtyPair();
+    const normal = await createPtyPair();
+    cleanups.push(() => garbage.kill(), () => normal.kill());
+    const d = await startDaemon({ module: token.module, ports: [garbage.serverPath, normal.serverPath], env: token.env, args: ['--log-level', 'info'] });
+    cleanups.push(() => d.stop());
+    const c = await Pkcs11Client.connect({ port: normal.guestPath, timeoutMs: 5000 });
+    cleanups.push(() => c.close());
+    await c.C_Initialize();
+    const s = await c.C_OpenSession(await findSlot(c), CKF_SERIAL);
+    const digest = async (i: number) => {
+      const data = Buffer.from(`normal call ${i}`);
+      await c.C_DigestInit(s, { mechanism: CKM_SHA256 });
+      const t = Date.now();
+      const got = await c.C_Digest(s, data, Buffer.alloc(32));
+      if (!got.equals(createHash('sha256').update(data).digest())) throw new Error(`wrong digest at ${i}`);
+      return Date.now() - t;
+    };
+    for (let i = 0; i < 200; i++) await digest(i); // warm up before the baseline
+    const baseline = vmRssKiB(d.pid);
+    let peak = baseline;
+    const sampler = setInterval(() => (peak = Math.max(peak, vmRssKiB(d.pid))), 100);
+    cleanups.push(async () => clearInterval(sampler));
+
+    // Calls on the normal port all the while.
+    let feeding = true;
+    let normalCalls = 0;
+    let slowest = 0;
+    const calls = (async () => {
+      while (feeding) {
+        slowest = Math.max(slowest, await digest(normalCalls));
+        normalCalls += 2;
+      }
+    })();
+    calls.catch(() => undefined); // awaited below
+
+    // The garbage (written while the daemon's answers are read: the case that
+    // stalled on serialport's poller, see src/transport/poller-fix.ts): random bytes, long runs without a 0x00 (oversize pieces),
+    // and well-formed frames for connections that do not exist.
+    const TOTAL = 100 * 1024 * 1024, CHUNK = 64 * 1024;
+    const out = await openSerial(garbage.guestPath, { lock: false });
+    let answered = 0;
+    out.onData((b) => (answered += b.length)); // keep reading what the daemon says back
+    const rnd = mulberry32(7);
+    const t0 = Date.now();
+    let sent = 0, n = 0;
+    while (sent < TOTAL) {
+      let chunk = randomBytes(CHUNK);
+      const phase = n++ % 64;
+      if (phase >= 40) {
+        // 24 chunks (1.5 MiB) without a single 0x00: longer than any frame may be.
+        for (let i = 0; i < chunk.length; i++) if (chunk[i] === 0) chunk[i] = 1;
+      } else if (phase === 0) {
+        const frames: Buffer[] = [];
+        for (let i = 0; i < 100; i++) {
+          frames.push(encodeFrame(FrameType.Call, Math.floor(rnd() * 0xffffffff), i + 1, randomBytes(Math.floor(rnd() * 64))));
+        }
+        chunk = Buffer.concat([chunk.subarray(0, CHUNK / 2), ...frames]);
+      }
+      await out.write(chunk);
+      sent += chunk.length;
+    }
+    await out.write(Buffer.from([0]));
+    const feedMs = Date.now() - t0;
+    feeding = false;
+    await calls;
+    await new Promise((r) => setTimeout(r, 500));
+    const end = vmRssKiB(d.pid);
+    peak = Math.max(peak, end);
+    clearInterval(sampler);
+    await out.close();
+
+    // The daemon saw the garbage as damaged and oversize pieces, and kept serving.
+    expect(normalCalls).toBeGreaterThan(100);
+    expect((await digest(-1))).toBeLessThan(1000);
+    const line = `garbage: ${(sent / 1048576).toFixed(0)} MiB fed in ${(feedMs / 1000).toFixed(1)} s (${(sent / 1048576 / (feedMs / 1000)).toFixed(1)} MiB/s); ` +
+      `${normalCalls} normal calls on the other port meanwhile, all right, slowest ${slowest} ms; ` +
+      `daemon VmRSS ${(baseline / 1024).toFixed(1)} MiB before, peak ${(peak / 1024).toFixed(1)} MiB (+${((peak - baseline) / 1024).toFixed(1)}), ` +
+      `${(end / 1024).toFixed(1)} MiB after; ${answered} bytes of answers to the well-formed frames`;
+    figures.push(line);
+    console.log(line);
+    // The bound: a frame's worth of buffering (1 MiB payload) and the V8 heap's slack, nothing in proportion to the 100 MB.
+    expect(peak - baseline).toBeLessThan(64 * 1024);
+  });
+});
