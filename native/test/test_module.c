@@ -188,8 +188,8 @@ static int hostile(void) {
   return 0;
 }
 
-/* A mixed workload through a fault-injecting relay (test/fault_smoke.mjs,
- * test/integration/faults.test.ts): frames dropped, corrupted, duplicated in
+/* A mixed workload through a fault-injecting relay
+ * (test/integration/faults.test.ts): frames dropped, corrupted, duplicated in
  * both directions, and every call must still run exactly once. Each check
  * would fail if a call ran twice: a second C_CreateObject leaves an extra
  * object (the session objects are counted here, the token objects by the

@@ -346,8 +346,12 @@ interface NativeRun {
 }
 
 /** Runs native/build/test_module in `mode` as a guest program (no token store of its own), with the module's retries tuned for a pty. */
-function runTestModule(mode: string, env: Record<string, string>, onLine?: (line: string) => void): Promise<NativeRun> {
-  const child = spawn(TEST_MODULE, [LIB, mode], {
+function runTestModule(mode: string, env: Record<string, string>, onLine?: (line: string) => void, valgrind = false): Promise<NativeRun> {
+  const [cmd, argv] = valgrind
+    ? ['valgrind', ['--leak-check=full', '--errors-for-leak-kinds=definite', '--show-leak-kinds=definite', '--error-exitcode=1',
+      `--suppressions=${path.join(REPO_ROOT, 'native/test/valgrind.supp')}`, TEST_MODULE, LIB, mode]]
+    : [TEST_MODULE, [LIB, mode]];
+  const child = spawn(cmd, argv, {
     env: {
       PATH: process.env.PATH ?? '/usr/bin:/bin', SOFTHSM2_CONF: GUEST_SOFTHSM2_CONF, TEC_COMM_PORT: appPair.guestPath,
       P11BRIDGE_TEST_PIN: token.pin, P11BRIDGE_ATTEMPT_MS: '100', P11BRIDGE_RETRIES: '7', P11BRIDGE_TIMEOUT_MS: '5000',
@@ -374,12 +378,16 @@ function portStatistics(stderr: string): string {
   return all.length ? all[all.length - 1]![1]! : '(none)';
 }
 
-async function runNativeAtRate(rate: number, target: number, seed: number): Promise<void> {
+async function runNativeAtRate(rate: number, target: number, seed: number, valgrind = false): Promise<void> {
   link.setFaults({ frameRate: rate });
   const before = link.stats();
   const app = `faults-c-${seed}`;
   const t0 = Date.now();
-  const r = await runTestModule('faults', { P11BRIDGE_TEST_CALLS: String(target), P11BRIDGE_TEST_SEED: String(seed), P11BRIDGE_TEST_APP: app });
+  // Under valgrind the program runs ~20x slower: attempts wait longer, so that slowness is not taken for loss.
+  const r = await runTestModule('faults', {
+    P11BRIDGE_TEST_CALLS: String(target), P11BRIDGE_TEST_SEED: String(seed), P11BRIDGE_TEST_APP: app,
+    ...(valgrind ? { P11BRIDGE_ATTEMPT_MS: '1000', P11BRIDGE_TIMEOUT_MS: '20000' } : {}),
+  }, undefined, valgrind);
   const ms = Date.now() - t0;
   const after = link.stats();
   if (r.code !== 0) throw new Error(`test_module faults exited ${r.code}:\n${r.stdout}\n${r.stderr.split('\n').slice(-30).join('\n')}`);
@@ -393,7 +401,11 @@ async function runNativeAtRate(rate: number, target: number, seed: number): Prom
   const stats = portStatistics(r.stderr);
   const resends = Number(/(\d+) resends/.exec(stats)?.[1] ?? NaN);
   if (up.dropped + down.dropped > 0) expect(resends).toBeGreaterThan(0);
-  const line = `libp11bridge.so, rate ${(rate * 100).toFixed(1)}%: ${calls} calls in ${(ms / 1000).toFixed(1)} s (${(calls / (ms / 1000)).toFixed(0)}/s), ` +
+  if (valgrind) {
+    expect(r.stderr).toMatch(/ERROR SUMMARY: 0 errors/);
+    expect(r.stderr).not.toMatch(/definitely lost: [1-9]/);
+  }
+  const line = `libp11bridge.so${valgrind ? ' under valgrind (0 errors)' : ''}, rate ${(rate * 100).toFixed(1)}%: ${calls} calls in ${(ms / 1000).toFixed(1)} s (${(calls / (ms / 1000)).toFixed(0)}/s), ` +
     `0 wrong results; token objects ${tokenObjects} as expected, session objects ${sessionObjects}; ` +
     `guest->daemon ${fmt(up)}; daemon->guest ${fmt(down)}; module: ${stats}`;
   figures.push(line);
@@ -404,6 +416,7 @@ describe('libp11bridge.so through the same faulty line: every call exactly once'
   it('0.1% of frames damaged each way: 3,000 calls', { timeout: 120_000 }, () => runNativeAtRate(0.001, 3000, 21));
   it('1% of frames damaged each way: 10,000 calls', { timeout: 300_000 }, () => runNativeAtRate(0.01, 10_000, 22));
   it('5% of frames damaged each way: 2,000 calls', { timeout: 180_000 }, () => runNativeAtRate(0.05, 2000, 23));
+  it('5% of frames damaged each way under valgrind: 300 calls, no memory errors on the retry paths', { timeout: 300_000 }, () => runNativeAtRate(0.05, 300, 24, true));
 
   it('the daemon killed (SIGKILL) and restarted under it: a documented error, then a new C_Initialize works', { timeout: 60_000 }, async () => {
     link.setFaults({ frameRate: 0.01 });
