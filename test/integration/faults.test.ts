@@ -7,9 +7,10 @@
 // serving calls. The same workload and restart run from C through
 // libp11bridge.so (native/test/test_module.c, modes "faults" and "restart").
 import { createCipheriv, createDecipheriv, createHash, createHmac, createPublicKey, randomBytes, verify } from 'node:crypto';
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Pkcs11Client } from '../../src/index.js';
 import { encodeFrame, FrameType } from '../../src/protocol/frame.js';
@@ -31,6 +32,7 @@ const CKA_KEY_TYPE = 0x100, CKA_ENCRYPT = 0x104, CKA_DECRYPT = 0x105, CKA_SIGN =
 const CKA_MODULUS = 0x120, CKA_MODULUS_BITS = 0x121, CKA_PUBLIC_EXPONENT = 0x122;
 const CKM_RSA_PKCS_KEY_PAIR_GEN = 0, CKM_SHA256_RSA_PKCS = 0x40, CKM_SHA256 = 0x250, CKM_SHA256_HMAC = 0x251, CKM_AES_CBC = 0x1082;
 const CKR_DEVICE_ERROR = 0x30, CKR_DEVICE_REMOVED = 0x32;
+const execFileP = promisify(execFile);
 
 /** Retry settings for a pty (no UART delay): a lost frame costs about 110 ms. */
 const FAST_RETRY = { timeoutMs: 5000, attemptTimeoutMs: 100, maxAttempts: 8, retryBackoffMs: 10 };
@@ -44,6 +46,8 @@ const cleanups: Array<() => Promise<unknown>> = [];
 const figures: string[] = [];
 
 beforeAll(async () => {
+  // The C test program is not part of the default build.
+  await execFileP('make', ['-s', '-C', path.join(REPO_ROOT, 'native'), 'build/test_module', 'build/libp11bridge.so']);
   token = await createToken();
   daemonPair = await createPtyPair();
   appPair = await createPtyPair();
@@ -369,7 +373,10 @@ function runTestModule(mode: string, env: Record<string, string>, onLine?: (line
     for (const l of lines) onLine?.(l);
   });
   child.stderr.on('data', (d: Buffer) => (stderr += d));
-  return new Promise((resolve) => child.on('exit', (code) => resolve({ code, stdout, stderr })));
+  return new Promise((resolve, reject) => {
+    child.on('error', (e) => reject(new Error(`cannot run ${cmd}: ${e.message}`)));
+    child.on('exit', (code) => resolve({ code, stdout, stderr }));
+  });
 }
 
 /** The module's own counts, printed at C_Finalize with P11BRIDGE_DEBUG=1. */
