@@ -285,6 +285,48 @@ describe('through a faulty line, every call runs exactly once and every result i
   it('5% of frames damaged each way: 2,000 calls', { timeout: 180_000 }, () => runAtRate(0.05, 2000, 13));
 });
 
+describe('retries exhausted', () => {
+  it('every answer lost: CKR_DEVICE_ERROR after the bounded attempts, then the same client carries on with the right answers', { timeout: 60_000 }, async () => {
+    link.setFaults({ frameRate: 0 });
+    const c = await Pkcs11Client.connect({ port: appPair.guestPath, timeoutMs: 5000, attemptTimeoutMs: 100, maxAttempts: 3, retryBackoffMs: 10 });
+    try {
+      await c.C_Initialize();
+      const s = await c.C_OpenSession(await findSlot(c), CKF_RW_SERIAL);
+      const retries0 = c.lineStats.retries;
+      // The daemon's answers no longer reach the guest; its requests still arrive.
+      link.setFaults({ frameRate: 0 }, { frameRate: 1, kinds: ['drop'] });
+      const label = `exhausted-${Date.now()}`;
+      const t0 = Date.now();
+      const err = await c.C_CreateObject(s, [
+        { type: CKA_CLASS, value: CKO_DATA }, { type: CKA_TOKEN, value: false }, { type: CKA_PRIVATE, value: false }, { type: CKA_LABEL, value: label },
+      ]).then(() => undefined, (e: unknown) => e as { code?: number; message: string });
+      const ms = Date.now() - t0;
+      expect(err).toMatchObject({ code: CKR_DEVICE_ERROR, message: expect.stringMatching(/3 attempts/) });
+      expect(c.lineStats.retries - retries0).toBe(2);
+      // Bounded: three attempts of ~100 ms and two short pauses, nowhere near the 5 s budget.
+      expect(ms).toBeLessThan(2000);
+      link.setFaults({ frameRate: 0 });
+      // The server ran the request once (the answers were what got lost): one object, whatever was resent.
+      await c.C_FindObjectsInit(s, [{ type: CKA_LABEL, value: label }]);
+      expect((await c.C_FindObjects(s, 10)).length).toBe(1);
+      await c.C_FindObjectsFinal(s);
+      // Re-synchronised: later calls get their own answers, never a late copy of the lost one.
+      for (let i = 0; i < 20; i++) {
+        const data = Buffer.from(`after ${i}`);
+        await c.C_DigestInit(s, { mechanism: CKM_SHA256 });
+        expect(await c.C_Digest(s, data, Buffer.alloc(32))).toEqual(createHash('sha256').update(data).digest());
+      }
+      await c.C_Finalize();
+      const line = `retries exhausted (all answers dropped): CKR_DEVICE_ERROR after 3 sendings in ${ms} ms; the call ran once on the server; the next 40 calls right`;
+      figures.push(line);
+      console.log(line);
+    } finally {
+      link.setFaults({ frameRate: 0 });
+      await c.close();
+    }
+  });
+});
+
 describe('the daemon killed (SIGKILL) and restarted in the middle of a workload', () => {
   it('the app sees CKR_DEVICE_ERROR or CKR_DEVICE_REMOVED, then CKR_DEVICE_REMOVED on its old connection, and a new connection works', { timeout: 60_000 }, async () => {
     link.setFaults({ frameRate: 0.01 });
