@@ -133,7 +133,9 @@ CK_RV pb_invoke(CK_FUNCTION_LIST_PTR fl, unsigned id, pb_slot *a) {
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc;
   (void)argv;
-  static CK_FUNCTION_LIST fake = {{2, 40}, NULL};
+  static CK_FUNCTION_LIST fake; /* all entries NULL: the generated invokers are replaced here */
+  fake.version.major = 2;
+  fake.version.minor = 40;
   pb_exec_fl = &fake;
   pb_exec_max_payload = 65536; /* the same code paths as 1 MiB, with smaller buffers */
   return 0;

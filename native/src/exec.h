@@ -51,6 +51,8 @@ extern CK_FUNCTION_LIST_PTR pb_exec_fl;  /* the module's function list */
 extern size_t pb_exec_max_payload;
 extern int pb_exec_initialized;          /* the app's C_Initialize succeeded, no C_Finalize since */
 extern int pb_exec_debug;                /* diagnostics on stderr */
+/* One diagnostic line on stderr, "p11bridge-exec: ...", when pb_exec_debug is set. */
+void pb_exec_dbg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* One request payload [id, args...] in buf[0..len) -> the answer appended to
  * sb: [rv, results...] or an error map {rv, message}. Treats buf as hostile. */
 void pb_exec_handle(const unsigned char *buf, size_t len, msgpack_sbuffer *sb);

@@ -27,8 +27,7 @@ size_t pb_exec_max_payload = PB_EXEC_DEFAULT_MAX_PAYLOAD;
 int pb_exec_initialized; /* the app's C_Initialize succeeded, no C_Finalize since */
 int pb_exec_debug;
 
-static void dbg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void dbg(const char *fmt, ...) {
+void pb_exec_dbg(const char *fmt, ...) {
   if (!pb_exec_debug) return;
   va_list ap;
   va_start(ap, fmt);
@@ -37,6 +36,7 @@ static void dbg(const char *fmt, ...) {
   fputc('\n', stderr);
   va_end(ap);
 }
+#define dbg pb_exec_dbg
 
 /* ------------------------------------------------------------------ request */
 

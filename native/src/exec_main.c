@@ -27,16 +27,7 @@
 
 static int g_in = -1, g_out = -1;
 
-static void dbg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void dbg(const char *fmt, ...) {
-  if (!pb_exec_debug) return;
-  va_list ap;
-  va_start(ap, fmt);
-  fputs("p11bridge-exec: ", stderr);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
-  va_end(ap);
-}
+#define dbg pb_exec_dbg
 
 /* ------------------------------------------------------------------ I/O */
 
