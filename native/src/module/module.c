@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -123,6 +124,19 @@ static char *trim(char *s) {
   return s;
 }
 
+/* The numeric settings: file key, environment variable, range. */
+static const struct {
+  const char *key, *env;
+  size_t off;
+  unsigned long lo, hi;
+} pb_settings[] = {
+    {"timeout_ms", "P11BRIDGE_TIMEOUT_MS", offsetof(pb_config, timeout_ms), 1, 3600000},
+    {"max_payload", "P11BRIDGE_MAX_PAYLOAD", offsetof(pb_config, max_payload), 64, 1ul << 30},
+    {"retries", "P11BRIDGE_RETRIES", offsetof(pb_config, retries), 0, 100},
+    {"baud", "P11BRIDGE_BAUD", offsetof(pb_config, baud), 50, 100000000},
+    {"attempt_ms", "P11BRIDGE_ATTEMPT_MS", offsetof(pb_config, attempt_ms), 10, 3600000},
+};
+
 static int set_key(pb_config *c, const char *key, const char *val, const char *where) {
   if (!strcmp(key, "port")) {
     if (!*val || strlen(val) >= sizeof c->port) {
@@ -130,34 +144,17 @@ static int set_key(pb_config *c, const char *key, const char *val, const char *w
       return -1;
     }
     strcpy(c->port, val);
-  } else if (!strcmp(key, "timeout_ms")) {
-    if (parse_ulong(val, 1, 3600000, &c->timeout_ms)) {
-      dbg("%s: timeout_ms must be 1 .. 3600000", where);
-      return -1;
-    }
-  } else if (!strcmp(key, "retries")) {
-    if (parse_ulong(val, 0, 100, &c->retries)) {
-      dbg("%s: retries must be 0 .. 100", where);
-      return -1;
-    }
-  } else if (!strcmp(key, "baud")) {
-    if (parse_ulong(val, 50, 100000000, &c->baud)) {
-      dbg("%s: baud must be 50 .. 100000000", where);
-      return -1;
-    }
-  } else if (!strcmp(key, "attempt_ms")) {
-    if (parse_ulong(val, 10, 3600000, &c->attempt_ms)) {
-      dbg("%s: attempt_ms must be 10 .. 3600000", where);
-      return -1;
-    }
-  } else if (!strcmp(key, "max_payload")) {
-    if (parse_ulong(val, 64, 1ul << 30, &c->max_payload)) {
-      dbg("%s: max_payload must be 64 .. 2^30", where);
-      return -1;
-    }
-  } else {
-    dbg("%s: unknown key '%s' ignored", where, key);
+    return 0;
   }
+  for (size_t i = 0; i < sizeof pb_settings / sizeof pb_settings[0]; i++) {
+    if (strcmp(key, pb_settings[i].key)) continue;
+    if (parse_ulong(val, pb_settings[i].lo, pb_settings[i].hi, (unsigned long *)((char *)c + pb_settings[i].off))) {
+      dbg("%s: %s must be %lu .. %lu", where, key, pb_settings[i].lo, pb_settings[i].hi);
+      return -1;
+    }
+    return 0;
+  }
+  dbg("%s: unknown key '%s' ignored", where, key);
   return 0;
 }
 
@@ -199,11 +196,8 @@ static int load_config(pb_config *c) {
   }
   const char *v;
   if ((v = getenv("TEC_COMM_PORT")) && *v && set_key(c, "port", v, "TEC_COMM_PORT")) return -1;
-  if ((v = getenv("P11BRIDGE_TIMEOUT_MS")) && *v && set_key(c, "timeout_ms", v, "P11BRIDGE_TIMEOUT_MS")) return -1;
-  if ((v = getenv("P11BRIDGE_MAX_PAYLOAD")) && *v && set_key(c, "max_payload", v, "P11BRIDGE_MAX_PAYLOAD")) return -1;
-  if ((v = getenv("P11BRIDGE_RETRIES")) && *v && set_key(c, "retries", v, "P11BRIDGE_RETRIES")) return -1;
-  if ((v = getenv("P11BRIDGE_BAUD")) && *v && set_key(c, "baud", v, "P11BRIDGE_BAUD")) return -1;
-  if ((v = getenv("P11BRIDGE_ATTEMPT_MS")) && *v && set_key(c, "attempt_ms", v, "P11BRIDGE_ATTEMPT_MS")) return -1;
+  for (size_t i = 0; i < sizeof pb_settings / sizeof pb_settings[0]; i++)
+    if ((v = getenv(pb_settings[i].env)) && *v && set_key(c, pb_settings[i].key, v, pb_settings[i].env)) return -1;
   if (!c->port[0]) {
     dbg("no serial port: set TEC_COMM_PORT (e.g. /dev/ttyS4) or 'port' in the file named by P11BRIDGE_CONFIG");
     return -1;
