@@ -3,11 +3,11 @@
 // from the call table; only the spots where pkcs11js's API departs from the
 // C signature are adapted here (see `adapt`).
 import { randomInt } from 'node:crypto';
-import { decodeResult, encodeCall, ProtocolError } from '../protocol/codec.js';
+import { decodeResult, encodeCall, expectedResultBytes, ProtocolError } from '../protocol/codec.js';
 import { CKR, Pkcs11Error } from '../protocol/errors.js';
 import { encodeFrame, DEFAULT_MAX_PAYLOAD, FrameType, type Frame } from '../protocol/frame.js';
-import { errorSchema, helloOkSchema, SUPPORTED_VERSIONS } from '../protocol/handshake.js';
-import { pack, unpack } from '../protocol/msgpack.js';
+import { errorSchema, helloOkSchema, parsePayload, SUPPORTED_VERSIONS } from '../protocol/handshake.js';
+import { pack } from '../protocol/msgpack.js';
 import { CALLS, callByName, STRUCTS, type CallSpec } from '../protocol/table.js';
 import { checkStruct } from '../protocol/kinds.js';
 import { VERSION } from '../version.js';
@@ -122,11 +122,10 @@ export class Pkcs11Client {
         channel.roundTrip(encodeFrame(FrameType.Hello, 0, nonce, hello), { conn: undefined, req: nonce, method: 'connect', timeoutMs, retry, lineBytes: hello.length + 600 }));
       if (reply.type === FrameType.Error) throw errorFrame(reply, 'connect');
       if (reply.type !== FrameType.HelloOk) throw new Pkcs11Error(CKR.DEVICE_ERROR, 'connect', `unexpected answer 0x${reply.type.toString(16)} to HELLO`);
-      const ok = helloOkSchema.safeParse(unpack(reply.payload));
-      if (!ok.success || checkStruct(STRUCTS.info, ok.data.module.info)) {
+      const h = parsePayload(helloOkSchema, reply.payload);
+      if (!h || checkStruct(STRUCTS.info, h.module.info)) {
         throw new Pkcs11Error(CKR.DEVICE_ERROR, 'connect', 'malformed HELLO_OK from the server');
       }
-      const h = ok.data;
       const info = resultFromWire('info', h.module.info) as ModuleInfo;
       const functions = h.module.functions;
       const serverInfo: ServerInfo = {
@@ -197,7 +196,7 @@ export class Pkcs11Client {
       const req = this.takeReq();
       return this.channel.roundTrip(encodeFrame(FrameType.Call, conn, req, payload), {
         conn, req, method: name, timeoutMs: this.timeoutMs, retry: this.retry,
-        lineBytes: payload.length + answerEstimate(spec, args, this.serverInfo.maxPayload) + 64,
+        lineBytes: payload.length + expectedResultBytes(spec, args, this.serverInfo.maxPayload) + 64,
       });
     });
     if (reply.type === FrameType.Error) throw errorFrame(reply, name);
@@ -238,19 +237,6 @@ export class Pkcs11Client {
   }
 }
 
-/** Roughly how many bytes the answer to a call takes: what its output buffers can hold. */
-function answerEstimate(spec: CallSpec, args: readonly unknown[], maxPayload: number): number {
-  let n = 16;
-  spec.args.forEach((p, i) => {
-    const v = args[i];
-    const count = typeof v === 'number' ? v : typeof v === 'bigint' ? Number(v) : 0;
-    if (p.kind === 'outbytes' || p.kind === 'outfixed') n += count;
-    else if (p.kind === 'outlist' || (spec.name === 'C_FindObjects' && p.name === 'maxObjectCount')) n += 9 * Math.min(count, 65536);
-    else if (p.kind === 'attrquery') n += 1024;
-  });
-  return Math.min(n, maxPayload + 32);
-}
-
 function shapeResults(spec: CallSpec, results: unknown[], jsArgs: unknown[]): unknown {
   const shaped = spec.results.map((p, i) => {
     const argIndex = spec.args.findIndex((a) => a.name === p.name);
@@ -262,14 +248,9 @@ function shapeResults(spec: CallSpec, results: unknown[], jsArgs: unknown[]): un
 }
 
 function errorFrame(f: Frame, method: string): Pkcs11Error {
-  let parsed;
-  try {
-    parsed = errorSchema.safeParse(unpack(f.payload));
-  } catch {
-    parsed = undefined;
-  }
-  if (!parsed?.success) return new Pkcs11Error(CKR.DEVICE_ERROR, method, 'malformed ERROR from the server');
-  return new Pkcs11Error(parsed.data.rv, method, `server: ${parsed.data.message}`);
+  const parsed = parsePayload(errorSchema, f.payload);
+  if (!parsed) return new Pkcs11Error(CKR.DEVICE_ERROR, method, 'malformed ERROR from the server');
+  return new Pkcs11Error(parsed.rv, method, `server: ${parsed.message}`);
 }
 
 type Adapter = (c: Pkcs11Client, spec: CallSpec, args: unknown[]) => Promise<unknown>;
@@ -336,3 +317,4 @@ for (const spec of CALLS) {
 // The generated methods, typed as pkcs11js types them.
 // eslint-disable-next-line @typescript-eslint/no-empty-object-type
 export interface Pkcs11Client extends Pkcs11Api {}
+

@@ -1,13 +1,14 @@
 // CALL and RESULT payloads: [id, args...] and [rv, results...], checked
 // against the call table in both directions.
 import { checkArg, checkResult } from './kinds.js';
-import { checkStructure, pack, peekFirstUint, unpack } from './msgpack.js';
+import { pack, peekFirstUint, unpackUntrusted } from './msgpack.js';
+import { CKR } from './errors.js';
 import { callById, RV, type CallSpec } from './table.js';
 
 export class ProtocolError extends Error {
   override readonly name = 'ProtocolError';
   /** The CKR code a server answers with: CKR_ARGUMENTS_BAD unless the call itself is unknown. */
-  constructor(message: string, readonly rv = 0x7 /* CKR_ARGUMENTS_BAD */) {
+  constructor(message: string, readonly rv: number = CKR.ARGUMENTS_BAD) {
     super(message);
   }
 }
@@ -31,7 +32,7 @@ export function decodeCall(payload: Uint8Array): { spec: CallSpec; args: unknown
   const spec = typeof v[0] === 'number' ? callById(v[0]) : undefined;
   if (!spec) {
     const known = typeof v[0] === 'number' || typeof v[0] === 'bigint';
-    throw new ProtocolError(`unknown call id ${String(v[0])}`, known ? 0x54 /* CKR_FUNCTION_NOT_SUPPORTED */ : 0x7);
+    throw new ProtocolError(`unknown call id ${String(v[0])}`, known ? CKR.FUNCTION_NOT_SUPPORTED : CKR.ARGUMENTS_BAD);
   }
   const args = v.slice(1);
   checkArgs(spec, args);
@@ -71,16 +72,41 @@ export function decodeResult(spec: CallSpec, payload: Uint8Array): DecodedResult
 
 export { peekFirstUint };
 
+/**
+ * About how many bytes the RESULT payload of a call takes, from the output
+ * capacities in its wire arguments (capped at `limit`): what a sender adds
+ * to its wait on a slow line. The same rules as pb_client_expected_len in
+ * native/src/module/marshal.c; an objectlist is bounded by the call's
+ * maxObjectCount argument, as protocol.json's kinds say.
+ */
+export function expectedResultBytes(spec: CallSpec, args: readonly unknown[], limit: number): number {
+  const arg = (name: string): unknown => args[spec.args.findIndex((a) => a.name === name)];
+  const count = (v: unknown): number | undefined => (typeof v === 'number' ? v : typeof v === 'bigint' ? Number(v) : undefined);
+  let n = 16; // [rv, ...]
+  for (const p of spec.results) {
+    const v = p.kind === 'objectlist' ? arg('maxObjectCount') : arg(p.name);
+    const c = count(v);
+    switch (p.kind) {
+      case 'outbytes': case 'outfixed': n += c === undefined ? 9 : Math.min(c, limit) + 5; break;
+      case 'outlist': n += c === undefined ? (v === true ? 1024 : 9) : Math.min(c * 9, limit) + 5; break;
+      case 'objectlist': n += Math.min((c ?? 0) * 9, limit) + 5; break;
+      case 'attrvalues': n += 5 + (Array.isArray(v) ? v.length * (10 + 256) : 0); break;
+      case 'ulong': case 'slot': case 'session': case 'object': n += 9; break;
+      default: n += 256; // an info struct
+    }
+    if (n >= limit) return limit;
+  }
+  return n;
+}
+
 function checkArity(spec: CallSpec, what: string, expected: number, got: number): void {
   if (expected !== got) throw new ProtocolError(`${spec.name} takes ${expected} ${what}s, got ${got}`);
 }
 
 function safeUnpack(payload: Uint8Array): unknown {
-  const bad = checkStructure(payload);
-  if (bad) throw new ProtocolError(`malformed payload: ${bad}`);
   try {
-    return unpack(payload);
+    return unpackUntrusted(payload);
   } catch (e) {
-    throw new ProtocolError(`payload is not MessagePack: ${(e as Error).message}`);
+    throw new ProtocolError((e as Error).message);
   }
 }

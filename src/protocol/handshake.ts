@@ -1,6 +1,7 @@
 // HELLO / HELLO_OK / ERROR payloads (PROTOCOL.md section 4), validated on
 // receipt because they come off the line.
 import { z } from 'zod';
+import { unpackUntrusted } from './msgpack.js';
 
 export const SUPPORTED_VERSIONS: readonly [number, number] = [1, 1];
 
@@ -29,6 +30,16 @@ export const errorSchema = z.object({
   message: z.string().max(4096),
 });
 export type ErrorPayload = z.infer<typeof errorSchema>;
+
+/** A map payload from a peer, checked against its schema; undefined if it is not one. */
+export function parsePayload<T>(schema: z.ZodType<T>, payload: Uint8Array): T | undefined {
+  try {
+    const r = schema.safeParse(unpackUntrusted(payload));
+    return r.success ? r.data : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 /** The highest version in both inclusive ranges, or undefined. */
 export function negotiateVersion(ours: readonly [number, number], theirs: readonly [number, number]): number | undefined {

@@ -56,66 +56,78 @@ export function peekFirstUint(payload: Uint8Array): number | undefined {
 /** Deepest nesting a PKCS#11 payload needs: call, template, nested template, attribute, value, with room to spare. */
 export const MAX_DEPTH = 16;
 
+// Per MessagePack type byte: bytes of a fixed-size payload (FIXED), or the
+// width of a length field (LEN_*), or NOT_PROTOCOL (ext types, 0xc1).
+const FIXED = 0, NOT_PROTOCOL = -1;
+const LEN_BYTES = 10, LEN_ITEMS = 20, LEN_PAIRS = 30; // + width of the length field
+const TYPE = new Int8Array(256).fill(NOT_PROTOCOL);
+{
+  const set = (from: number, to: number, v: number) => TYPE.fill(v, from, to + 1);
+  set(0x00, 0x7f, FIXED); set(0xe0, 0xff, FIXED); // fixints
+  set(0xc0, 0xc0, FIXED); set(0xc2, 0xc3, FIXED); // nil, false, true
+  [[0xcc, 1], [0xcd, 2], [0xce, 4], [0xcf, 8], [0xd0, 1], [0xd1, 2], [0xd2, 4], [0xd3, 8], [0xca, 4], [0xcb, 8]]
+    .forEach(([t, w]) => (TYPE[t!] = w!));
+  [[0xc4, 1], [0xc5, 2], [0xc6, 4], [0xd9, 1], [0xda, 2], [0xdb, 4]].forEach(([t, w]) => (TYPE[t!] = LEN_BYTES + w!));
+  [[0xdc, 2], [0xdd, 4]].forEach(([t, w]) => (TYPE[t!] = LEN_ITEMS + w!));
+  [[0xde, 2], [0xdf, 4]].forEach(([t, w]) => (TYPE[t!] = LEN_PAIRS + w!));
+}
+
 /**
  * Walks the MessagePack structure of untrusted bytes without decoding it:
  * one value, nothing after it, no extension types, nesting at most
- * `maxDepth`, and no declared length (string, bytes, element count) larger
- * than the bytes that remain. Returns what is wrong, or undefined. Runs
- * before msgpackr sees the bytes, so a hostile header never makes it recurse
- * deeply or size anything by a declared length.
+ * `maxDepth`, map keys that are not containers, and no declared length
+ * (string, bytes, element count) beyond the bytes that remain. Returns what
+ * is wrong, or undefined. Runs before msgpackr sees the bytes, so a hostile
+ * header never makes it recurse deeply or size anything by a declared length.
  */
 export function checkStructure(b: Uint8Array, maxDepth = MAX_DEPTH): string | undefined {
-  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const n = b.length;
+  // Values still to read at each open level (a map counts keys and values);
+  // the bottom level holds the one top value.
+  const pending = new Array<number>(maxDepth + 1);
+  const isMap = new Array<boolean>(maxDepth + 1);
+  let top = 0;
+  pending[0] = 1;
+  isMap[0] = false;
   let i = 0;
-  // Values still to read at each open level (a map's keys and values both
-  // count); the bottom level holds the one top value.
-  const pending: number[] = [1];
-  const isMap: boolean[] = [false];
-  const need = (n: number): boolean => i + n <= b.length;
-  while (pending.length > 0) {
-    const top = pending.length - 1;
-    if (pending[top] === 0) {
-      pending.pop();
-      isMap.pop();
-      continue;
-    }
+  for (;;) {
+    while (pending[top] === 0) if (--top < 0) return i === n ? undefined : `${n - i} bytes after the MessagePack value`;
     const isKey = isMap[top]! && pending[top]! % 2 === 0;
     pending[top]!--;
-    if (!need(1)) return 'truncated MessagePack';
+    if (i >= n) return 'truncated MessagePack';
     const t = b[i++]!;
-    let skip = 0; // payload bytes of a scalar
-    let items = -1; // elements of a container
-    if (t <= 0x7f || t >= 0xe0 || t === 0xc0 || t === 0xc2 || t === 0xc3) skip = 0;
-    else if (t >= 0xa0 && t <= 0xbf) skip = t & 0x1f;
+    let items = -1, pairs = false; // items >= 0: a container
+    if (t >= 0xa0 && t <= 0xbf) i += t & 0x1f; // fixstr
     else if (t >= 0x90 && t <= 0x9f) items = t & 0x0f;
-    else if (t >= 0x80 && t <= 0x8f) items = 2 * (t & 0x0f);
+    else if (t >= 0x80 && t <= 0x8f) (items = 2 * (t & 0x0f)), (pairs = true);
     else {
-      const width = ({ 0xcc: 1, 0xcd: 2, 0xce: 4, 0xcf: 8, 0xd0: 1, 0xd1: 2, 0xd2: 4, 0xd3: 8, 0xca: 4, 0xcb: 8 } as Record<number, number>)[t];
-      if (width !== undefined) skip = width;
+      const k = TYPE[t]!;
+      if (k === NOT_PROTOCOL) return t === 0xc1 ? 'MessagePack byte 0xc1 (never used)' : 'MessagePack extension types are not part of the protocol';
+      if (k < LEN_BYTES) i += k;
       else {
-        const lenWidth = ({ 0xc4: 1, 0xc5: 2, 0xc6: 4, 0xd9: 1, 0xda: 2, 0xdb: 4, 0xdc: 2, 0xdd: 4, 0xde: 2, 0xdf: 4 } as Record<number, number>)[t];
-        if (lenWidth === undefined) return t === 0xc1 ? 'MessagePack byte 0xc1 (never used)' : 'MessagePack extension types are not part of the protocol';
-        if (!need(lenWidth)) return 'truncated MessagePack';
-        const len = lenWidth === 1 ? dv.getUint8(i) : lenWidth === 2 ? dv.getUint16(i) : dv.getUint32(i);
-        i += lenWidth;
-        if (t >= 0xdc) items = t >= 0xde ? 2 * len : len;
-        else skip = len;
+        const w = k % 10;
+        if (i + w > n) return 'truncated MessagePack';
+        const len = w === 1 ? b[i]! : w === 2 ? (b[i]! << 8) | b[i + 1]! : ((b[i]! << 24) >>> 0) + (b[i + 1]! << 16) + (b[i + 2]! << 8) + b[i + 3]!;
+        i += w;
+        if (k < LEN_ITEMS) i += len;
+        else (items = k < LEN_PAIRS ? len : 2 * len), (pairs = k >= LEN_PAIRS);
       }
     }
-    if (items >= 0) {
-      if (isKey) return 'a MessagePack map key that is an array or a map';
-      // Every element takes at least one byte.
-      if (items > b.length - i) return 'truncated MessagePack (a container declares more elements than bytes remain)';
-      if (items > 0) {
-        if (pending.length >= maxDepth) return `MessagePack nested deeper than ${maxDepth} levels`;
-        pending.push(items);
-        isMap.push(t >= 0x80 && t <= 0x8f || t >= 0xde);
-      }
-    } else {
-      if (!need(skip)) return 'truncated MessagePack (a length beyond the bytes that remain)';
-      i += skip;
-    }
+    if (i > n) return 'truncated MessagePack (a length beyond the bytes that remain)';
+    if (items < 0) continue;
+    if (isKey) return 'a MessagePack map key that is an array or a map';
+    // Every element takes at least one byte.
+    if (items > n - i) return 'truncated MessagePack (a container declares more elements than bytes remain)';
+    if (items === 0) continue;
+    if (top + 1 >= maxDepth) return `MessagePack nested deeper than ${maxDepth} levels`;
+    pending[++top] = items;
+    isMap[top] = pairs;
   }
-  if (i !== b.length) return `${b.length - i} bytes after the MessagePack value`;
-  return undefined;
+}
+
+/** Decodes bytes from the line (or any peer): the structure is checked first; throws an Error saying what is wrong. */
+export function unpackUntrusted(payload: Uint8Array): unknown {
+  const bad = checkStructure(payload);
+  if (bad) throw new Error(`malformed payload: ${bad}`);
+  return unpack(payload);
 }

@@ -5,7 +5,7 @@ import { randomInt } from 'node:crypto';
 import { encodeFrame, DEFAULT_MAX_PAYLOAD, FrameType, type Frame } from '../protocol/frame.js';
 import { CKR } from '../protocol/errors.js';
 import { helloSchema, negotiateVersion, SUPPORTED_VERSIONS, type HelloOk } from '../protocol/handshake.js';
-import { pack, unpack } from '../protocol/msgpack.js';
+import { pack, unpack, unpackUntrusted } from '../protocol/msgpack.js';
 import { callByName, rvName, PROTOCOL_VERSION } from '../protocol/table.js';
 import { openSerial, type ByteLink } from '../transport/server-port.js';
 import { defaultExecutorPath } from '../paths.js';
@@ -160,7 +160,7 @@ export class Daemon {
 
     let hello;
     try {
-      hello = helloSchema.parse(unpack(f.payload));
+      hello = helloSchema.parse(unpackUntrusted(f.payload));
     } catch (e) {
       return port.sendError(0, f.req, CKR.DEVICE_ERROR, `malformed HELLO: ${(e as Error).message.slice(0, 300)}`);
     }

@@ -3,8 +3,7 @@
 // and a slow or crashing call never blocks the daemon's event loop.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { CKR } from '../protocol/errors.js';
-import { errorSchema } from '../protocol/handshake.js';
-import { unpack } from '../protocol/msgpack.js';
+import { errorSchema, parsePayload } from '../protocol/handshake.js';
 
 export interface ExecutorOptions {
   executable: string;
@@ -109,9 +108,9 @@ export class Executor {
     const b0 = payload[0] ?? 0;
     const isMap = (b0 >= 0x80 && b0 <= 0x8f) || b0 === 0xde || b0 === 0xdf;
     if (!isMap) return { ok: true, payload: Buffer.from(payload) };
-    const parsed = errorSchema.safeParse(safeUnpack(payload));
-    return parsed.success
-      ? { ok: false, rv: parsed.data.rv, message: parsed.data.message }
+    const parsed = parsePayload(errorSchema, payload);
+    return parsed
+      ? { ok: false, rv: parsed.rv, message: parsed.message }
       : { ok: false, rv: CKR.DEVICE_ERROR, message: 'executor sent a malformed error reply' };
   }
 
@@ -121,13 +120,5 @@ export class Executor {
 
   private failPending(): void {
     for (const p of this.pending.splice(0)) p.resolve(this.deadReply());
-  }
-}
-
-function safeUnpack(b: Buffer): unknown {
-  try {
-    return unpack(b);
-  } catch {
-    return undefined;
   }
 }

@@ -9,8 +9,8 @@
 // list of calls a read-only port refuses is written out, because it is policy.
 import { decodeCall, decodeResult, encodeCall, encodeResult, ProtocolError } from '../protocol/codec.js';
 import { CKR } from '../protocol/errors.js';
-import { pack, peekFirstUint } from '../protocol/msgpack.js';
-import { CALLS, callById, callByName, RV, rvName, STRUCTS, type CallSpec } from '../protocol/table.js';
+import { pack } from '../protocol/msgpack.js';
+import { CALLS, callByName, RV, rvName, STRUCTS, type CallSpec } from '../protocol/table.js';
 import type { Logger } from '../log.js';
 import { Executor, type ExecutorReply } from './executor.js';
 
@@ -294,15 +294,12 @@ export class PolicyEnforcer implements CallGate {
   ) {}
 
   async run(payload: Buffer, execute: Execute, ctx: CallContext): Promise<ExecutorReply> {
-    const id = peekFirstUint(payload);
-    if (id !== undefined && callById(id) === undefined) {
-      return { ok: false, rv: CKR.FUNCTION_NOT_SUPPORTED, message: `unknown call id ${id}` };
-    }
     let call: { spec: CallSpec; args: unknown[] };
     try {
       call = decodeCall(payload);
     } catch (e) {
-      // Fail closed: what the policy cannot read does not reach the module.
+      // Fail closed: what the policy cannot read does not reach the module
+      // (an unknown call id is CKR_FUNCTION_NOT_SUPPORTED, as from the executor).
       return e instanceof ProtocolError
         ? { ok: false, rv: e.rv, message: e.message }
         : { ok: false, rv: CKR.ARGUMENTS_BAD, message: String(e) };

@@ -17,6 +17,7 @@ import { cobsEncodeDelimited } from '../../src/protocol/cobs.js';
 import { Deframer } from '../../src/protocol/deframer.js';
 import { encodeFrame, FrameType, isResponseType, type Frame } from '../../src/protocol/frame.js';
 import { pack, unpack } from '../../src/protocol/msgpack.js';
+import { callByName, RV } from '../../src/protocol/table.js';
 import { openSerial, type ByteLink } from '../../src/transport/server-port.js';
 
 const execFileP = promisify(execFile);
@@ -41,8 +42,10 @@ const CKA_PUBLIC_EXPONENT = 0x122;
 const CKO_DATA = 0;
 const CKM_RSA_PKCS_KEY_PAIR_GEN = 0x0;
 const CKM_SHA256 = 0x250;
-// call ids (proto/protocol.json)
-const ID = { C_Initialize: 1, C_Finalize: 2, C_GetInfo: 3, C_OpenSession: 13, C_CreateObject: 21, C_FindObjectsInit: 27, C_FindObjects: 28, C_FindObjectsFinal: 29 };
+// call ids, from proto/protocol.json
+const CALLS_USED = ['C_Initialize', 'C_Finalize', 'C_GetInfo', 'C_GetSlotList', 'C_OpenSession', 'C_GetSessionInfo', 'C_CreateObject',
+  'C_DestroyObject', 'C_FindObjectsInit', 'C_FindObjects', 'C_FindObjectsFinal', 'C_Digest'] as const;
+const ID = Object.fromEntries(CALLS_USED.map((n) => [n, callByName(n).id])) as Record<(typeof CALLS_USED)[number], number>;
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const hasFlag = (stty: string, flag: string) => stty.split(/[\s;]+/).includes(flag);
@@ -498,8 +501,7 @@ describe('a hostile guest: malformed payloads inside well-formed frames', () => 
   // small, the declared lengths are 4 GiB. Run on a port without policy (the
   // executor's C decoder reads the payload) and on a port with a mechanism
   // allow-list (the daemon's TypeScript decoder reads it first).
-  const CK = { C_GetInfo: 3, C_GetSessionInfo: 16, C_CreateObject: 21, C_DestroyObject: 23, C_Digest: 39 };
-  const CKR_SESSION_HANDLE_INVALID_ = 0xb3, CKR_OBJECT_HANDLE_INVALID = 0x82, CKR_FUNCTION_NOT_SUPPORTED = 0x54;
+  const CKR_OBJECT_HANDLE_INVALID = RV.CKR_OBJECT_HANDLE_INVALID!, CKR_FUNCTION_NOT_SUPPORTED = RV.CKR_FUNCTION_NOT_SUPPORTED!;
   const u32 = (n: number) => { const b = Buffer.alloc(4); b.writeUInt32BE(n); return b; };
   const cat = (...parts: Array<Buffer | number[]>) => Buffer.concat(parts.map((p) => Buffer.isBuffer(p) ? p : Buffer.from(p)));
 
@@ -508,22 +510,22 @@ describe('a hostile guest: malformed payloads inside well-formed frames', () => 
     const attrs = Array.from({ length: 100_000 }, (_, i) => [CKA_LABEL, Buffer.from([i & 0xff])]);
     return [
       ['an empty payload', Buffer.alloc(0), CKR_ARGUMENTS_BAD],
-      ['a map instead of an array', pack({ call: CK.C_GetInfo }), CKR_ARGUMENTS_BAD],
+      ['a map instead of an array', pack({ call: ID.C_GetInfo }), CKR_ARGUMENTS_BAD],
       ['an unknown call id', pack([250]), CKR_FUNCTION_NOT_SUPPORTED],
-      ['a string for a session handle', pack([CK.C_GetSessionInfo, 'one']), CKR_ARGUMENTS_BAD],
-      ['a float for a session handle', cat([0x92, CK.C_GetSessionInfo, 0xcb], Buffer.alloc(8, 0x3f)), CKR_ARGUMENTS_BAD],
-      ['a negative session handle', pack([CK.C_GetSessionInfo, -1]), CKR_ARGUMENTS_BAD],
-      ['a session handle of 2^64-1 (never issued)', cat([0x92, CK.C_GetSessionInfo, 0xcf], Buffer.alloc(8, 0xff)), CKR_SESSION_HANDLE_INVALID_],
-      ['an object handle never issued', pack([CK.C_DestroyObject, s, 0x7eadbeef]), CKR_OBJECT_HANDLE_INVALID],
-      ['too few arguments', pack([CK.C_Digest, s]), CKR_ARGUMENTS_BAD],
-      ['trailing bytes after the call', cat(pack([CK.C_GetInfo]), [0xc0, 0xc0]), CKR_ARGUMENTS_BAD],
-      ['a msgpack extension type', cat([0x92, CK.C_GetSessionInfo, 0xd4, 0x01, 0x00]), CKR_ARGUMENTS_BAD],
-      ['a byte string declaring 4 GiB', cat([0x94, CK.C_Digest, s, 0xc6], u32(0xfffffff0), [1, 2, 3]), CKR_ARGUMENTS_BAD],
-      ['a string declaring 4 GiB', cat([0x93, CK.C_CreateObject, s, 0x91, 0x92, 0x03, 0xdb], u32(0xffffffff), [0x41]), CKR_ARGUMENTS_BAD],
-      ['an array declaring 4 G elements', cat([0x93, CK.C_CreateObject, s, 0xdd], u32(0xffffffff), [0xc0]), CKR_ARGUMENTS_BAD],
-      ['a map declaring 4 G entries', cat([0x93, CK.C_CreateObject, s, 0x91, 0x92, 0x03, 0xdf], u32(0xffffffff)), CKR_ARGUMENTS_BAD],
-      ['a template nested 100,000 deep', cat([0x93, CK.C_CreateObject, s], Buffer.alloc(100_000, 0x91), [0xc0]), CKR_ARGUMENTS_BAD],
-      ['a template of 100,000 attributes', pack([CK.C_CreateObject, s, attrs]), CKR_ARGUMENTS_BAD],
+      ['a string for a session handle', pack([ID.C_GetSessionInfo, 'one']), CKR_ARGUMENTS_BAD],
+      ['a float for a session handle', cat([0x92, ID.C_GetSessionInfo, 0xcb], Buffer.alloc(8, 0x3f)), CKR_ARGUMENTS_BAD],
+      ['a negative session handle', pack([ID.C_GetSessionInfo, -1]), CKR_ARGUMENTS_BAD],
+      ['a session handle of 2^64-1 (never issued)', cat([0x92, ID.C_GetSessionInfo, 0xcf], Buffer.alloc(8, 0xff)), CKR_SESSION_HANDLE_INVALID],
+      ['an object handle never issued', pack([ID.C_DestroyObject, s, 0x7eadbeef]), CKR_OBJECT_HANDLE_INVALID],
+      ['too few arguments', pack([ID.C_Digest, s]), CKR_ARGUMENTS_BAD],
+      ['trailing bytes after the call', cat(pack([ID.C_GetInfo]), [0xc0, 0xc0]), CKR_ARGUMENTS_BAD],
+      ['a msgpack extension type', cat([0x92, ID.C_GetSessionInfo, 0xd4, 0x01, 0x00]), CKR_ARGUMENTS_BAD],
+      ['a byte string declaring 4 GiB', cat([0x94, ID.C_Digest, s, 0xc6], u32(0xfffffff0), [1, 2, 3]), CKR_ARGUMENTS_BAD],
+      ['a string declaring 4 GiB', cat([0x93, ID.C_CreateObject, s, 0x91, 0x92, 0x03, 0xdb], u32(0xffffffff), [0x41]), CKR_ARGUMENTS_BAD],
+      ['an array declaring 4 G elements', cat([0x93, ID.C_CreateObject, s, 0xdd], u32(0xffffffff), [0xc0]), CKR_ARGUMENTS_BAD],
+      ['a map declaring 4 G entries', cat([0x93, ID.C_CreateObject, s, 0x91, 0x92, 0x03, 0xdf], u32(0xffffffff)), CKR_ARGUMENTS_BAD],
+      ['a template nested 100,000 deep', cat([0x93, ID.C_CreateObject, s], Buffer.alloc(100_000, 0x91), [0xc0]), CKR_ARGUMENTS_BAD],
+      ['a template of 100,000 attributes', pack([ID.C_CreateObject, s, attrs]), CKR_ARGUMENTS_BAD],
       ['a call id past the table', cat([0x91, 0xcf], Buffer.alloc(8, 0xff)), CKR_FUNCTION_NOT_SUPPORTED],
     ];
   }
@@ -557,7 +559,7 @@ describe('a hostile guest: malformed payloads inside well-formed frames', () => 
       return { rv: (unpack(frame.payload) as number[])[0]!, frame };
     };
     expect((await send(pack([ID.C_Initialize]))).rv).toBe(CKR_OK);
-    const slots = await send(pack([5 /* C_GetSlotList */, true, 8]));
+    const slots = await send(pack([ID.C_GetSlotList, true, 8]));
     expect(slots.rv).toBe(CKR_OK);
     const slotNum = (unpack(slots.frame.payload) as [number, number[]])[1][0]!;
     const open = await send(pack([ID.C_OpenSession, slotNum, CKF_RW_SERIAL]));
@@ -568,7 +570,7 @@ describe('a hostile guest: malformed payloads inside well-formed frames', () => 
       const { rv } = await send(payload);
       expect(rv, what).toBe(want);
       // the connection (and its module instance) still serves
-      expect((await send(pack([CK.C_GetSessionInfo, s]))).rv, `after ${what}`).toBe(CKR_OK);
+      expect((await send(pack([ID.C_GetSessionInfo, s]))).rv, `after ${what}`).toBe(CKR_OK);
     }
     const rssAfter = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${d.pid}/status`, 'utf8'))![1]);
     expect(rssAfter - rssBefore).toBeLessThan(64 * 1024); // KiB: nothing near the 4 GiB declared

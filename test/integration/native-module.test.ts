@@ -450,70 +450,61 @@ describe('pkcs11-tool through libp11bridge.so', () => {
     expect(ok.stdout.match(/^(Public|Private) Key Object/gm)?.length, why(ok, m2)).toBe(4);
     expect(ok.stdout, why(ok, m2)).toContain('Secret Key Object; AES length 32');
   });
+
+  describe('libp11bridge.so configuration (TEC_COMM_PORT, P11BRIDGE_CONFIG, P11BRIDGE_*)', () => {
+    // The bridge and the work directory of the enclosing describe; pkcs11-tool -I changes nothing on the token.
+    /** pkcs11-tool -I with only the given p11bridge settings (no TEC_COMM_PORT unless given). */
+    const info = (env: Record<string, string>) => {
+      const e: NodeJS.ProcessEnv = { ...b.guestEnv(), ...env };
+      if (!('TEC_COMM_PORT' in env)) delete e.TEC_COMM_PORT;
+      return pkcs11Tool(BRIDGE_MODULE, ['-I'], e);
+    };
+    const initFailed = /C_Initialize failed: rv = CKR_DEVICE_ERROR \(0x30\)/;
+
+    it('a config file gives the port and the timings', async () => {
+      const conf = path.join(work, 'ok.conf');
+      await fs.writeFile(conf, `# p11bridge\nport = ${b.pty.guestPath}\ntimeout_ms = 8000\nretries = 2\nattempt_ms = 300\nbaud = 921600\n`);
+      const r = await info({ P11BRIDGE_CONFIG: conf });
+      expect(r.code, show(r)).toBe(0);
+      expect(r.stdout).toMatch(/Manufacturer\s+SoftHSM/);
+    });
+
+    it('the environment overrides the file', async () => {
+      const conf = path.join(work, 'override.conf');
+      await fs.writeFile(conf, 'port = /nonexistent/ttyS4\n');
+      const r = await info({ P11BRIDGE_CONFIG: conf, TEC_COMM_PORT: b.pty.guestPath });
+      expect(r.code, show(r)).toBe(0);
+    });
+
+    for (const [what, env, message] of [
+      ['no port at all', {}, /no serial port: set TEC_COMM_PORT/],
+      ['a port that does not exist', { TEC_COMM_PORT: '/nonexistent/ttyS4' }, /cannot open serial port \/nonexistent\/ttyS4/],
+      ['a value out of range in the environment', { TEC_COMM_PORT: '/dev/null', P11BRIDGE_ATTEMPT_MS: '5' }, /P11BRIDGE_ATTEMPT_MS: attempt_ms must be 10 \.\. 3600000/],
+      ['a value that is not a number', { TEC_COMM_PORT: '/dev/null', P11BRIDGE_RETRIES: 'many' }, /P11BRIDGE_RETRIES: retries must be 0 \.\. 100/],
+      ['a config file that does not exist', { P11BRIDGE_CONFIG: '/nonexistent/p11bridge.conf' }, /cannot read config file \/nonexistent\/p11bridge.conf/],
+    ] as const) {
+      it(`${what}: C_Initialize fails with CKR_DEVICE_ERROR, silent unless P11BRIDGE_DEBUG is set`, async () => {
+        const quiet = await info({ ...env });
+        expect(quiet.code).not.toBe(0);
+        expect(quiet.stdout + quiet.stderr).toMatch(initFailed);
+        expect(quiet.stderr).not.toMatch(/libp11bridge|p11bridge:/);
+        const loud = await info({ ...env, P11BRIDGE_DEBUG: '1' });
+        expect(loud.stdout + loud.stderr).toMatch(initFailed);
+        expect(loud.stderr).toMatch(message);
+      });
+    }
+
+    it('a bad line in the config file names its line number', async () => {
+      const conf = path.join(work, 'bad.conf');
+      await fs.writeFile(conf, `port = ${b.pty.guestPath}\n\ntimeout_ms = 0\n`);
+      const r = await info({ P11BRIDGE_CONFIG: conf, P11BRIDGE_DEBUG: '1' });
+      expect(r.stdout + r.stderr).toMatch(initFailed);
+      expect(r.stderr).toMatch(/config line 3: timeout_ms must be 1 \.\. 3600000/);
+    });
+  });
 });
 
 // ===========================================================================
-
-describe('libp11bridge.so configuration (TEC_COMM_PORT, P11BRIDGE_CONFIG, P11BRIDGE_*)', () => {
-  let b: Bridge;
-  let work: string;
-  beforeAll(async () => {
-    b = await startBridge('native-config');
-    work = await fs.mkdtemp(path.join(os.tmpdir(), 'p11b-config-'));
-  });
-  afterAll(async () => {
-    await fs.rm(work, { recursive: true, force: true }).catch(() => {});
-    await b?.cleanup();
-  });
-  /** pkcs11-tool -I with only the given p11bridge settings (no TEC_COMM_PORT unless given). */
-  const info = (env: Record<string, string>) => {
-    const e: NodeJS.ProcessEnv = { ...b.guestEnv(), ...env };
-    if (!('TEC_COMM_PORT' in env)) delete e.TEC_COMM_PORT;
-    return pkcs11Tool(BRIDGE_MODULE, ['-I'], e);
-  };
-  const initFailed = /C_Initialize failed: rv = CKR_DEVICE_ERROR \(0x30\)/;
-
-  it('a config file gives the port and the timings', async () => {
-    const conf = path.join(work, 'ok.conf');
-    await fs.writeFile(conf, `# p11bridge\nport = ${b.pty.guestPath}\ntimeout_ms = 8000\nretries = 2\nattempt_ms = 300\nbaud = 921600\n`);
-    const r = await info({ P11BRIDGE_CONFIG: conf });
-    expect(r.code, show(r)).toBe(0);
-    expect(r.stdout).toMatch(/Manufacturer\s+SoftHSM/);
-  });
-
-  it('the environment overrides the file', async () => {
-    const conf = path.join(work, 'override.conf');
-    await fs.writeFile(conf, 'port = /nonexistent/ttyS4\n');
-    const r = await info({ P11BRIDGE_CONFIG: conf, TEC_COMM_PORT: b.pty.guestPath });
-    expect(r.code, show(r)).toBe(0);
-  });
-
-  for (const [what, env, message] of [
-    ['no port at all', {}, /no serial port: set TEC_COMM_PORT/],
-    ['a port that does not exist', { TEC_COMM_PORT: '/nonexistent/ttyS4' }, /cannot open serial port \/nonexistent\/ttyS4/],
-    ['a value out of range in the environment', { TEC_COMM_PORT: '/dev/null', P11BRIDGE_ATTEMPT_MS: '5' }, /P11BRIDGE_ATTEMPT_MS: attempt_ms must be 10 \.\. 3600000/],
-    ['a value that is not a number', { TEC_COMM_PORT: '/dev/null', P11BRIDGE_RETRIES: 'many' }, /P11BRIDGE_RETRIES: retries must be 0 \.\. 100/],
-    ['a config file that does not exist', { P11BRIDGE_CONFIG: '/nonexistent/p11bridge.conf' }, /cannot read config file \/nonexistent\/p11bridge.conf/],
-  ] as const) {
-    it(`${what}: C_Initialize fails with CKR_DEVICE_ERROR, silent unless P11BRIDGE_DEBUG is set`, async () => {
-      const quiet = await info({ ...env });
-      expect(quiet.code).not.toBe(0);
-      expect(quiet.stdout + quiet.stderr).toMatch(initFailed);
-      expect(quiet.stderr).not.toMatch(/libp11bridge|p11bridge:/);
-      const loud = await info({ ...env, P11BRIDGE_DEBUG: '1' });
-      expect(loud.stdout + loud.stderr).toMatch(initFailed);
-      expect(loud.stderr).toMatch(message);
-    });
-  }
-
-  it('a bad line in the config file names its line number', async () => {
-    const conf = path.join(work, 'bad.conf');
-    await fs.writeFile(conf, `port = ${b.pty.guestPath}\n\ntimeout_ms = 0\n`);
-    const r = await info({ P11BRIDGE_CONFIG: conf, P11BRIDGE_DEBUG: '1' });
-    expect(r.stdout + r.stderr).toMatch(initFailed);
-    expect(r.stderr).toMatch(/config line 3: timeout_ms must be 1 \.\. 3600000/);
-  });
-});
 
 describe('pkcs11-tool --test: the self-test through the bridge as directly on SoftHSM2', () => {
   let b: Bridge;

@@ -1,7 +1,7 @@
 // The payload codec and the pkcs11js shape conversions, driven by the table.
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { decodeCall, decodeResult, encodeCall, encodeResult, ProtocolError } from '../../src/protocol/codec.js';
+import { decodeCall, decodeResult, encodeCall, encodeResult, expectedResultBytes, ProtocolError } from '../../src/protocol/codec.js';
 import { checkStructure, pack, peekFirstUint, unpack } from '../../src/protocol/msgpack.js';
 import { callByName, CALLS, RV } from '../../src/protocol/table.js';
 import { argToWire, attrValueToHost, mechanismToWire, resultFromWire, templateToWire } from '../../src/client/shapes.js';
@@ -71,6 +71,22 @@ describe('call codec', () => {
     expect(checkStructure(Buffer.from([0xd4, 1, 0]))).toMatch(/extension/);
     expect(checkStructure(Buffer.from([0xc0, 0xc0]))).toMatch(/1 bytes after/);
     expect(checkStructure(Buffer.alloc(0))).toMatch(/truncated/);
+  });
+
+  it('estimates the size of an answer from the output capacities, as the C module does', () => {
+    const limit = 1 << 20;
+    const est = (name: string, args: unknown[]) => expectedResultBytes(callByName(name), args, limit);
+    // The estimate covers the real answer, within a few bytes per result.
+    const sig = encodeResult(sign, RV.CKR_OK!, [Buffer.alloc(256)]);
+    expect(est('C_Sign', [1, Buffer.alloc(32), 256])).toBeGreaterThanOrEqual(sig.length);
+    expect(est('C_Sign', [1, Buffer.alloc(32), 256])).toBeLessThan(sig.length + 32);
+    const found = encodeResult(callByName('C_FindObjects'), RV.CKR_OK!, [Array.from({ length: 100 }, (_, i) => 0xffff0000 + i)]);
+    expect(est('C_FindObjects', [1, 100])).toBeGreaterThanOrEqual(found.length);
+    expect(est('C_FindObjects', [1, 65536])).toBe(limit > 65536 * 9 ? 16 + 65536 * 9 + 5 : limit);
+    expect(est('C_GetSlotList', [true, true])).toBe(16 + 1024);
+    expect(est('C_GetTokenInfo', [1])).toBe(16 + 256);
+    expect(est('C_GenerateRandom', [1, 4 << 20])).toBe(limit);
+    expect(est('C_GetAttributeValue', [1, 2, [[3, true], [0x11, true]]])).toBe(16 + 5 + 2 * 266);
   });
 
   it('reads the call id and rv without decoding the payload', () => {

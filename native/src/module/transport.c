@@ -98,10 +98,10 @@ unsigned long pb_port_tx_ms(const pb_port *p, size_t n) {
   return (unsigned long)(((unsigned long long)n * 10ull * 1000ull + baud - 1) / baud);
 }
 
-unsigned long pb_port_attempt_ms(const pb_port *p, size_t reqlen, size_t resplen) {
+unsigned long pb_port_line_ms(const pb_port *p, size_t reqlen, size_t resplen) {
   /* the response on the line: payload, header and CRC, COBS and delimiters */
   size_t resp_line = resplen + PB_MIN_FRAME + resplen / 254 + 3;
-  return (p->attempt_ms ? p->attempt_ms : PB_ATTEMPT_BASE_MS) + pb_port_tx_ms(p, reqlen) + pb_port_tx_ms(p, resp_line);
+  return pb_port_tx_ms(p, reqlen) + pb_port_tx_ms(p, resp_line);
 }
 
 static unsigned long backoff_ms(unsigned resend) { /* resend 1, 2, ... */
@@ -223,8 +223,8 @@ static int exchange(pb_port *p, const unsigned char *frame, size_t framelen, siz
   const unsigned max_attempts = p->retries + 1;
   /* the whole call: timeout_ms of silence plus the transmission time; each
    * attempt: attempt_ms plus the transmission time (never more than the whole) */
-  const unsigned long attempt_ms = pb_port_attempt_ms(p, framelen, resplen);
-  const unsigned long line_ms = attempt_ms - (p->attempt_ms ? p->attempt_ms : PB_ATTEMPT_BASE_MS);
+  const unsigned long line_ms = pb_port_line_ms(p, framelen, resplen);
+  const unsigned long attempt_ms = p->attempt_ms + line_ms;
   const unsigned long overall_ms = p->timeout_ms + line_ms;
   const unsigned long base = attempt_ms < overall_ms ? attempt_ms : overall_ms;
   unsigned long cur = base; /* this attempt's silence timeout */

@@ -51,9 +51,10 @@ int pb_port_open(pb_port *p, const char *path, unsigned timeout_ms, size_t max_p
                  char *msg, size_t msglen);
 /* Transmission time of n bytes at the port's baud hint (10 bits a byte), in ms, rounded up. */
 unsigned long pb_port_tx_ms(const pb_port *p, size_t n);
-/* The first attempt's silence timeout for a request of reqlen bytes on the
- * line and an expected response of about resplen bytes of payload. */
-unsigned long pb_port_attempt_ms(const pb_port *p, size_t reqlen, size_t resplen);
+/* The time a request of reqlen bytes on the line and an expected response of
+ * about resplen bytes of payload take at the baud hint (added to each
+ * attempt's silence timeout and to the whole call's). */
+unsigned long pb_port_line_ms(const pb_port *p, size_t reqlen, size_t resplen);
 /* Closes the fd and frees the buffers. */
 void pb_port_close(pb_port *p);
 /* In a forked child: forget the parent's port (our copy of its descriptor
