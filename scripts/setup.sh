@@ -9,7 +9,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 die() { printf 'setup: ERROR: %s\n' "$*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- apt packages
-APT_PACKAGES=(softhsm2 socat opensc p11-kit libmsgpack-dev zlib1g-dev valgrind make gcc clang libclang-rt-14-dev)
+APT_PACKAGES=(softhsm2 socat opensc p11-kit libmsgpack-dev libseccomp-dev zlib1g-dev valgrind make gcc clang libclang-rt-14-dev util-linux)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   status="$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)"

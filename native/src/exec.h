@@ -46,11 +46,11 @@ typedef struct {
 extern CK_C_INITIALIZE_ARGS pb_exec_init_args;
 
 /* exec_handle.c: the request interpreter */
-#define PB_EXEC_DEFAULT_MAX_PAYLOAD 1048576UL
 extern CK_FUNCTION_LIST_PTR pb_exec_fl;  /* the module's function list */
 extern size_t pb_exec_max_payload;
 extern int pb_exec_initialized;          /* the app's C_Initialize succeeded, no C_Finalize since */
 extern int pb_exec_debug;                /* diagnostics on stderr */
+extern char pb_exec_sandbox_report[256]; /* what exec_sandbox.c put in force, for describe ([0]) */
 /* One diagnostic line on stderr, "p11bridge-exec: ...", when pb_exec_debug is set. */
 void pb_exec_dbg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* One request payload [id, args...] in buf[0..len) -> the answer appended to

@@ -17,15 +17,15 @@
 
 #include "exec.h"
 
-#define PB_MAX_FIND 65536UL       /* C_FindObjects maxObjectCount clamp */
 #define PB_OUTLIST_RETRIES 3
 
 CK_C_INITIALIZE_ARGS pb_exec_init_args = {NULL_PTR, NULL_PTR, NULL_PTR, NULL_PTR, CKF_OS_LOCKING_OK, NULL_PTR};
 
 CK_FUNCTION_LIST_PTR pb_exec_fl;
-size_t pb_exec_max_payload = PB_EXEC_DEFAULT_MAX_PAYLOAD;
+size_t pb_exec_max_payload = PB_DEFAULT_MAX_PAYLOAD;
 int pb_exec_initialized; /* the app's C_Initialize succeeded, no C_Finalize since */
 int pb_exec_debug;
+char pb_exec_sandbox_report[256];
 
 void pb_exec_dbg(const char *fmt, ...) {
   if (!pb_exec_debug) return;
@@ -89,17 +89,23 @@ static int decode_arg(req *q, unsigned i, const msgpack_object *o) {
     r = pb_unpack_template(o, &s->tmpl, &s->count, &q->ar, &sub);
     break;
   case PB_K_ATTRQUERY: {
+    if (o->type == MSGPACK_OBJECT_NIL) { /* a NULL template */
+      s->count = 0;
+      s->tmpl = NULL;
+      s->want = NULL;
+      break;
+    }
     if (o->type != MSGPACK_OBJECT_ARRAY) {
-      r = pb_fail(&sub, "expected array of [type, want], got %s", pb_type_name(o));
+      r = pb_fail(&sub, "expected nil or an array of [type, want], got %s", pb_type_name(o));
       break;
     }
     uint32_t n = o->via.array.size;
     if (n > PB_MAX_TEMPLATE) {
-      r = pb_fail(&sub, "template has %u attributes, limit %u", (unsigned)n, PB_MAX_TEMPLATE);
+      r = pb_fail(&sub, "template has %u attributes, limit %lu", (unsigned)n, PB_MAX_TEMPLATE);
       break;
     }
     s->count = n;
-    s->tmpl = pb_arena_alloc(&q->ar, (size_t)n * sizeof(CK_ATTRIBUTE));
+    s->tmpl = n ? pb_arena_alloc(&q->ar, (size_t)n * sizeof(CK_ATTRIBUTE)) : (CK_ATTRIBUTE *)(void *)pb_empty;
     s->want = pb_arena_alloc(&q->ar, n);
     if (!s->tmpl || !s->want) return alloc_fail(q);
     for (uint32_t k = 0; k < n && r == PB_OK; k++) {
@@ -157,6 +163,11 @@ static int decode_arg(req *q, unsigned i, const msgpack_object *o) {
     }
     break;
   case PB_K_OUTFIXED: {
+    if (o->type == MSGPACK_OBJECT_NIL) { /* a NULL buffer */
+      s->p = NULL;
+      s->len = 0;
+      break;
+    }
     CK_ULONG n;
     r = pb_unpack_ulong(o, &n, &sub);
     if (r != PB_OK) break;
@@ -472,11 +483,12 @@ void pb_exec_handle(const unsigned char *buf, size_t len, msgpack_sbuffer *sb) {
     }
     unsigned n = 0;
     for (unsigned i = 1; i <= PB_NCALLS; i++) n += pb_has_function(pb_exec_fl, i) ? 1 : 0;
-    msgpack_pack_array(&pk, 2);
+    msgpack_pack_array(&pk, 3);
     msgpack_pack_uint64(&pk, 0);
     msgpack_pack_array(&pk, n);
     for (unsigned i = 1; i <= PB_NCALLS; i++)
       if (pb_has_function(pb_exec_fl, i)) msgpack_pack_uint64(&pk, i);
+    msgpack_pack_str_with_body(&pk, pb_exec_sandbox_report, strlen(pb_exec_sandbox_report));
     goto out;
   }
   const pb_call *c = pb_call_by_id(id);
@@ -497,18 +509,20 @@ void pb_exec_handle(const unsigned char *buf, size_t len, msgpack_sbuffer *sb) {
     goto out;
   }
   q->call = c;
+  /* The first problem in argument order decides, as in the daemon's check
+   * (src/protocol/codec.ts): malformed -> error map, refused -> [rv]. */
   CK_RV deferred = CKR_OK;
-  for (unsigned i = 0; i < c->nargs; i++) {
+  for (unsigned i = 0; i < c->nargs && deferred == CKR_OK; i++) {
     int r = decode_arg(q, i, &args[i + 1]);
     if (r == PB_MALFORMED) {
       pb_pack_error_map(&pk, q->err.rv, q->err.msg);
       goto out;
     }
-    if (r == PB_RV && deferred == CKR_OK) deferred = q->err.rv;
+    if (r == PB_RV) deferred = q->err.rv;
   }
   if (deferred == CKR_OK && prepare_results(q) == PB_RV) deferred = q->err.rv;
   if (deferred != CKR_OK) {
-    dbg("%s: answered 0x%lx without calling the module", c->name, (unsigned long)deferred);
+    dbg("%s: answered 0x%lx without calling the module: %s", c->name, (unsigned long)deferred, q->err.msg);
     pack_rv_only(&pk, deferred);
     goto out;
   }

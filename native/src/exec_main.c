@@ -1,6 +1,7 @@
 /* exec_main.c: p11bridge-exec, the server-side executor (PROTOCOL.md section 9).
  *
- *   p11bridge-exec --module /path/to/pkcs11.so [--max-payload N]
+ *   p11bridge-exec --module /path/to/pkcs11.so [--max-payload N] [--memory-mib N]
+ *                  [--max-files N] [--nice N] [--allow-network] [--no-seccomp]
  *
  * One process per guest application. Reads [id, args...] messages (4-byte
  * big-endian length + MessagePack) from stdin, runs them against the module,
@@ -22,6 +23,7 @@
 #include <unistd.h>
 
 #include "exec.h"
+#include "exec_sandbox.h"
 
 #define PB_SLACK 65536UL          /* tolerated beyond max payload on the link */
 
@@ -77,27 +79,47 @@ static void finalize_if_needed(void) {
 /* ------------------------------------------------------------------ main */
 
 static void usage(void) {
-  fprintf(stderr, "usage: p11bridge-exec --module /path/to/pkcs11.so [--max-payload N]\n");
+  fprintf(stderr, "usage: p11bridge-exec --module /path/to/pkcs11.so [--max-payload N] [--memory-mib N]\n"
+                  "                      [--max-files N] [--nice N] [--allow-network] [--no-seccomp]\n");
   exit(1);
+}
+
+static unsigned long num_arg(const char *name, const char *v, unsigned long lo, unsigned long hi) {
+  char *end;
+  errno = 0;
+  unsigned long long n = strtoull(v, &end, 10);
+  if (errno || *end || !*v || v[0] == '-' || n < lo || n > hi) {
+    fprintf(stderr, "p11bridge-exec: %s must be %lu .. %lu\n", name, lo, hi);
+    exit(1);
+  }
+  return (unsigned long)n;
 }
 
 int main(int argc, char **argv) {
   const char *module = NULL;
+  pb_sandbox_opts sandbox = {0};
   for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--module") && i + 1 < argc) {
-      module = argv[++i];
-    } else if (!strcmp(argv[i], "--max-payload") && i + 1 < argc) {
-      char *end;
-      errno = 0;
-      unsigned long long v = strtoull(argv[++i], &end, 10);
-      if (errno || *end || v < 64 || v > (1ULL << 30)) {
-        fprintf(stderr, "p11bridge-exec: --max-payload must be 64 .. 2^30\n");
-        return 1;
-      }
-      pb_exec_max_payload = (size_t)v;
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(a, "--module") && v) {
+      module = v;
+    } else if (!strcmp(a, "--max-payload") && v) {
+      pb_exec_max_payload = (size_t)num_arg(a, v, PB_MIN_PAYLOAD, 1ul << 30);
+    } else if (!strcmp(a, "--memory-mib") && v) {
+      sandbox.memory_bytes = (size_t)num_arg(a, v, 16, 1ul << 20) << 20;
+    } else if (!strcmp(a, "--max-files") && v) {
+      sandbox.max_files = (unsigned)num_arg(a, v, 16, 1ul << 20);
+    } else if (!strcmp(a, "--nice") && v) {
+      sandbox.nice = (int)num_arg(a, v, 0, 19);
+    } else if (!strcmp(a, "--allow-network")) {
+      sandbox.allow_network = 1;
+      continue;
+    } else if (!strcmp(a, "--no-seccomp")) {
+      sandbox.no_seccomp = 1;
+      continue;
     } else {
       usage();
     }
+    i++;
   }
   if (!module) usage();
   pb_exec_debug = getenv("P11BRIDGE_DEBUG") && *getenv("P11BRIDGE_DEBUG");
@@ -117,6 +139,10 @@ int main(int argc, char **argv) {
     close(devnull);
   }
   dup2(2, 1);
+
+  /* before the module is loaded: its constructors run confined too */
+  pb_exec_sandbox(&sandbox, pb_exec_sandbox_report, sizeof pb_exec_sandbox_report);
+  dbg("sandbox: %s", pb_exec_sandbox_report);
 
   void *h = dlopen(module, RTLD_NOW | RTLD_LOCAL);
   if (!h) {

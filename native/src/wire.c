@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-CK_BYTE pb_empty[1];
+_Alignas(max_align_t) CK_BYTE pb_empty[PB_EMPTY_SIZE];
 
 /* ------------------------------------------------------------------ errors */
 
@@ -223,6 +223,11 @@ int pb_pack_struct(msgpack_packer *pk, const pb_struct_desc *d, const void *s) {
 
 /* ------------------------------------------------------------------ mechanism */
 
+/* A guest's mechanism: [type] or [type, parameter], the parameter in the form
+ * the table gives the mechanism (protocol.json paramKindsDoc). Nothing the
+ * guest sends becomes a pointer: a structure is rebuilt here from its fields
+ * with pointers into the message and the arena; a parameter in another form
+ * is CKR_MECHANISM_PARAM_INVALID (PB_RV) and the module is never called. */
 int pb_unpack_mechanism(const msgpack_object *o, CK_MECHANISM *m, pb_arena *ar, pb_err *err) {
   if (o->type != MSGPACK_OBJECT_ARRAY)
     return pb_fail(err, "expected [type] or [type, parameter], got %s", pb_type_name(o));
@@ -231,44 +236,58 @@ int pb_unpack_mechanism(const msgpack_object *o, CK_MECHANISM *m, pb_arena *ar, 
     return pb_fail(err, "expected [type] or [type, parameter], got array of %u", (unsigned)n);
   pb_err sub;
   if (pb_unpack_ulong(&o->via.array.ptr[0], &m->mechanism, &sub) != PB_OK)
-    return pb_fail(err, "mechanism type: %s", sub.msg);
+    return pb_fail(err, "expected [type] or [type, parameter]: mechanism type: %s", sub.msg);
   m->pParameter = NULL;
   m->ulParameterLen = 0;
   if (n == 1) return PB_OK;
   const msgpack_object *p = &o->via.array.ptr[1];
-  switch (p->type) {
-  case MSGPACK_OBJECT_NIL: return PB_OK;
-  case MSGPACK_OBJECT_BIN: {
-    void *q;
-    CK_ULONG len;
-    pb_unpack_bytes(p, &q, &len, &sub);
-    m->pParameter = q;
-    m->ulParameterLen = len;
+  if (p->type == MSGPACK_OBJECT_NIL) return PB_OK;
+  if (p->type != MSGPACK_OBJECT_BIN && p->type != MSGPACK_OBJECT_POSITIVE_INTEGER && p->type != MSGPACK_OBJECT_ARRAY)
+    return pb_fail(err, "parameter: expected nil, bin, int or array, got %s", pb_type_name(p));
+  if (p->type == MSGPACK_OBJECT_BIN && p->via.bin.size == 0) {
+    m->pParameter = pb_empty; /* a non-NULL pointer, length 0: no parameter */
     return PB_OK;
   }
-  case MSGPACK_OBJECT_POSITIVE_INTEGER: {
+  const pb_struct_desc *d = NULL;
+  pb_param_form form = pb_mech_param_form(m->mechanism, &d);
+  err->rv = CKR_MECHANISM_PARAM_INVALID;
+  switch (form) {
+  case PB_PF_BYTES:
+    if (p->type != MSGPACK_OBJECT_BIN) break;
+    m->pParameter = (void *)p->via.bin.ptr;
+    m->ulParameterLen = p->via.bin.size;
+    return PB_OK;
+  case PB_PF_ULONG: {
+    if (p->type != MSGPACK_OBJECT_POSITIVE_INTEGER) break;
     CK_ULONG *v = pb_arena_alloc(ar, sizeof(CK_ULONG));
     if (!v) return pb_fail_rv(err, CKR_HOST_MEMORY);
-    if (pb_unpack_ulong(p, v, &sub) != PB_OK) return pb_fail(err, "mechanism parameter: %s", sub.msg);
+    if (pb_unpack_ulong(p, v, &sub) != PB_OK) break;
     m->pParameter = v;
     m->ulParameterLen = sizeof(CK_ULONG);
     return PB_OK;
   }
-  case MSGPACK_OBJECT_ARRAY: {
-    const pb_struct_desc *d = pb_mech_param_desc(m->mechanism);
-    /* no known structure, or kind ULONG (no fields: it travels as an
-     * unsigned integer, and [] must not become 0) */
-    if (!d || d->nfields == 0) return pb_fail_rv(err, CKR_MECHANISM_PARAM_INVALID);
+  case PB_PF_STRUCT: {
+    if (p->type != MSGPACK_OBJECT_ARRAY) break;
     void *s = pb_arena_alloc(ar, d->size);
     if (!s) return pb_fail_rv(err, CKR_HOST_MEMORY);
-    if (pb_unpack_struct(p, d, s, &sub) != PB_OK) return pb_fail(err, "mechanism parameter %s", sub.msg);
+    if (pb_unpack_struct(p, d, s, &sub) != PB_OK) {
+      snprintf(err->msg, sizeof err->msg, "%.300s", sub.msg);
+      err->rv = CKR_MECHANISM_PARAM_INVALID;
+      return PB_RV;
+    }
     m->pParameter = s;
     m->ulParameterLen = d->size;
     return PB_OK;
   }
-  default:
-    return pb_fail(err, "mechanism parameter: expected nil, bin, unsigned int or array, got %s", pb_type_name(p));
+  case PB_PF_NONE:
+    break;
   }
+  snprintf(err->msg, sizeof err->msg, "mechanism 0x%lx takes %s, got %s", (unsigned long)m->mechanism,
+           form == PB_PF_NONE ? "no parameter" : form == PB_PF_BYTES ? "a byte string"
+           : form == PB_PF_ULONG ? "an unsigned integer" : "a structure as an array of its fields",
+           pb_type_name(p));
+  err->rv = CKR_MECHANISM_PARAM_INVALID;
+  return PB_RV;
 }
 
 int pb_pack_mechanism(msgpack_packer *pk, const CK_MECHANISM *m) {
@@ -281,15 +300,15 @@ int pb_pack_mechanism(msgpack_packer *pk, const CK_MECHANISM *m) {
   r = msgpack_pack_array(pk, 2);
   if (r == 0) r = pb_pack_ulong(pk, m->mechanism);
   if (r != 0) return r;
-  const pb_struct_desc *d = pb_mech_param_desc(m->mechanism);
-  if (d && m->pParameter && m->ulParameterLen == d->size) {
-    if (d->nfields == 0 && d->size == sizeof(CK_ULONG)) { /* kind ULONG: an integer, never host bytes */
-      CK_ULONG v;
-      memcpy(&v, m->pParameter, sizeof v);
-      return pb_pack_ulong(pk, v);
-    }
-    return pb_pack_struct(pk, d, m->pParameter);
+  const pb_struct_desc *d = NULL;
+  pb_param_form form = pb_mech_param_form(m->mechanism, &d);
+  if (form == PB_PF_STRUCT && m->pParameter && m->ulParameterLen == d->size) return pb_pack_struct(pk, d, m->pParameter);
+  if (form == PB_PF_ULONG && m->pParameter && m->ulParameterLen == sizeof(CK_ULONG)) { /* an integer, never host bytes */
+    CK_ULONG v;
+    memcpy(&v, m->pParameter, sizeof v);
+    return pb_pack_ulong(pk, v);
   }
+  /* bytes; anything else the server refuses (CKR_MECHANISM_PARAM_INVALID) */
   return pb_pack_bytes(pk, m->pParameter ? m->pParameter : pb_empty, m->ulParameterLen);
 }
 
@@ -297,8 +316,8 @@ CK_RV pb_check_mechanism(const CK_MECHANISM *m, size_t limit) {
   if (!m) return CKR_ARGUMENTS_BAD;
   if (!m->pParameter) return m->ulParameterLen ? CKR_ARGUMENTS_BAD : CKR_OK;
   if (m->ulParameterLen > limit) return CKR_ARGUMENTS_BAD;
-  const pb_struct_desc *d = pb_mech_param_desc(m->mechanism);
-  if (!d) return CKR_OK; /* opaque bytes */
+  const pb_struct_desc *d = NULL;
+  if (pb_mech_param_form(m->mechanism, &d) != PB_PF_STRUCT) return CKR_OK; /* the server judges the form */
   if (m->ulParameterLen != d->size) return CKR_MECHANISM_PARAM_INVALID;
   for (unsigned i = 0; i < d->nfields; i++) {
     const pb_field *f = &d->fields[i];
@@ -316,14 +335,39 @@ CK_RV pb_check_mechanism(const CK_MECHANISM *m, size_t limit) {
 static int unpack_attrs(const msgpack_object *o, CK_ATTRIBUTE **t, CK_ULONG *n, pb_arena *ar,
                         pb_err *err, int depth);
 
+static const char *attr_kind_name(pb_attr_kind k) {
+  switch (k) {
+  case PB_AK_BYTES: return "bytes";
+  case PB_AK_ULONG: return "ulong";
+  case PB_AK_BOOL: return "bool";
+  case PB_AK_TEMPLATE: return "template";
+  case PB_AK_ULONGLIST: return "ulonglist";
+  case PB_AK_DATE: return "date";
+  }
+  return "?";
+}
+
+/* A guest's attribute value, typed by its attribute's kind (protocol.json
+ * attributesDoc); the same rules, in the same order, as src/protocol/kinds.ts
+ * checkAttrValue. A value of the wrong form is CKR_ATTRIBUTE_VALUE_INVALID
+ * (PB_RV): the module never sees it. */
 static int unpack_value(const msgpack_object *v, CK_ATTRIBUTE *a, pb_arena *ar, pb_err *err, int depth) {
   pb_err sub;
+  a->pValue = NULL;
+  a->ulValueLen = 0;
   switch (v->type) {
-  case MSGPACK_OBJECT_NIL:
-    a->pValue = NULL;
-    a->ulValueLen = 0;
-    return PB_OK;
-  case MSGPACK_OBJECT_BOOLEAN: {
+  case MSGPACK_OBJECT_NIL: return PB_OK; /* NULL, length 0: for the module to judge */
+  case MSGPACK_OBJECT_BOOLEAN: case MSGPACK_OBJECT_POSITIVE_INTEGER: case MSGPACK_OBJECT_BIN:
+  case MSGPACK_OBJECT_ARRAY:
+    break;
+  default:
+    return pb_fail(err, "expected an attribute value, got %s", pb_type_name(v));
+  }
+  pb_attr_kind kind = pb_attr_kind_of(a->type);
+  const char *want = NULL;
+  switch (kind) {
+  case PB_AK_BOOL: {
+    if (v->type != MSGPACK_OBJECT_BOOLEAN) { want = "a boolean"; break; }
     CK_BBOOL *b = pb_arena_alloc(ar, sizeof(CK_BBOOL));
     if (!b) return pb_fail_rv(err, CKR_HOST_MEMORY);
     *b = v->via.boolean ? CK_TRUE : CK_FALSE;
@@ -331,59 +375,69 @@ static int unpack_value(const msgpack_object *v, CK_ATTRIBUTE *a, pb_arena *ar, 
     a->ulValueLen = sizeof(CK_BBOOL);
     return PB_OK;
   }
-  case MSGPACK_OBJECT_POSITIVE_INTEGER: {
-    CK_ULONG *u = pb_arena_alloc(ar, sizeof(CK_ULONG));
-    if (!u) return pb_fail_rv(err, CKR_HOST_MEMORY);
-    if (pb_unpack_ulong(v, u, &sub) != PB_OK) return pb_fail(err, "%s", sub.msg);
-    a->pValue = u;
+  case PB_AK_ULONG: {
+    CK_ULONG u;
+    if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || pb_unpack_ulong(v, &u, &sub) != PB_OK) { want = "an unsigned integer"; break; }
+    CK_ULONG *p = pb_arena_alloc(ar, sizeof(CK_ULONG));
+    if (!p) return pb_fail_rv(err, CKR_HOST_MEMORY);
+    *p = u;
+    a->pValue = p;
     a->ulValueLen = sizeof(CK_ULONG);
     return PB_OK;
   }
-  case MSGPACK_OBJECT_BIN:
+  case PB_AK_DATE:
+    if (v->type != MSGPACK_OBJECT_BIN || (v->via.bin.size != 0 && v->via.bin.size != sizeof(CK_DATE))) {
+      want = "bin of 8 bytes (YYYYMMDD) or empty";
+      break;
+    }
     return pb_unpack_bytes(v, &a->pValue, &a->ulValueLen, err);
-  case MSGPACK_OBJECT_ARRAY: {
+  case PB_AK_BYTES:
+    if (v->type != MSGPACK_OBJECT_BIN) { want = "bin"; break; }
+    return pb_unpack_bytes(v, &a->pValue, &a->ulValueLen, err);
+  case PB_AK_ULONGLIST: {
+    if (v->type != MSGPACK_OBJECT_ARRAY) { want = "an array of unsigned integers"; break; }
     uint32_t m = v->via.array.size;
-    if (m == 0) {
-      a->pValue = pb_empty;
-      a->ulValueLen = 0;
-      return PB_OK;
-    }
-    if (v->via.array.ptr[0].type == MSGPACK_OBJECT_ARRAY) {
-      if (depth > 0) return pb_fail(err, "templates nest only one level deep");
-      CK_ATTRIBUTE *nt;
-      CK_ULONG nn;
-      int r = unpack_attrs(v, &nt, &nn, ar, err, depth + 1);
-      if (r != PB_OK) return r;
-      a->pValue = nt;
-      a->ulValueLen = nn * sizeof(CK_ATTRIBUTE);
-      return PB_OK;
-    }
     if (m > PB_MAX_TEMPLATE)
-      return pb_fail(err, "CK_ULONG array of %u elements, limit %u", (unsigned)m, PB_MAX_TEMPLATE);
-    CK_ULONG *u = pb_arena_alloc(ar, (size_t)m * sizeof(CK_ULONG));
+      return pb_fail(err, "CK_ULONG array of %u elements exceeds %lu", (unsigned)m, PB_MAX_TEMPLATE);
+    for (uint32_t i = 0; i < m && !want; i++)
+      if (v->via.array.ptr[i].type != MSGPACK_OBJECT_POSITIVE_INTEGER) want = "an array of unsigned integers";
+    if (want) break;
+    CK_ULONG *u = m ? pb_arena_alloc(ar, (size_t)m * sizeof(CK_ULONG)) : (CK_ULONG *)(void *)pb_empty;
     if (!u) return pb_fail_rv(err, CKR_HOST_MEMORY);
-    for (uint32_t i = 0; i < m; i++) {
-      if (pb_unpack_ulong(&v->via.array.ptr[i], &u[i], &sub) != PB_OK)
-        return pb_fail(err, "array element %u: %s (arrays are nested templates or CK_ULONG arrays)",
-                       (unsigned)i + 1, sub.msg);
-    }
+    for (uint32_t i = 0; i < m; i++)
+      if (pb_unpack_ulong(&v->via.array.ptr[i], &u[i], &sub) != PB_OK) return pb_fail(err, "%s", sub.msg);
     a->pValue = u;
     a->ulValueLen = m * sizeof(CK_ULONG);
     return PB_OK;
   }
-  default:
-    return pb_fail(err, "value: expected nil, bool, unsigned int, bin or array, got %s", pb_type_name(v));
+  case PB_AK_TEMPLATE: {
+    if (v->type != MSGPACK_OBJECT_ARRAY) { want = "a template"; break; }
+    if (depth >= (int)PB_MAX_NESTING) { want = "a template no more than one level deep"; break; }
+    CK_ATTRIBUTE *nt;
+    CK_ULONG nn;
+    int r = unpack_attrs(v, &nt, &nn, ar, err, depth + 1);
+    if (r != PB_OK) return r;
+    a->pValue = nt;
+    a->ulValueLen = nn * sizeof(CK_ATTRIBUTE);
+    return PB_OK;
   }
+  }
+  snprintf(err->msg, sizeof err->msg, "attribute 0x%lx (%s) must be %s, got %s", (unsigned long)a->type,
+           attr_kind_name(kind), want ? want : "?", pb_type_name(v));
+  err->rv = CKR_ATTRIBUTE_VALUE_INVALID;
+  return PB_RV;
 }
 
+/* [[type, value], ...] -> a CK_ATTRIBUTE array in the arena; [] is a
+ * non-NULL pointer with count 0 (nil, a NULL template, is the caller's). */
 static int unpack_attrs(const msgpack_object *o, CK_ATTRIBUTE **t, CK_ULONG *n, pb_arena *ar,
                         pb_err *err, int depth) {
   const char *what = depth ? "nested template" : "template";
-  if (o->type != MSGPACK_OBJECT_ARRAY) return pb_fail(err, "expected array, got %s", pb_type_name(o));
+  if (o->type != MSGPACK_OBJECT_ARRAY) return pb_fail(err, "expected %s, got %s", what, pb_type_name(o));
   uint32_t cnt = o->via.array.size;
   if (cnt > PB_MAX_TEMPLATE)
-    return pb_fail(err, "%s has %u attributes, limit %u", what, (unsigned)cnt, PB_MAX_TEMPLATE);
-  *t = NULL;
+    return pb_fail(err, "%s of %u attributes exceeds %lu", what, (unsigned)cnt, PB_MAX_TEMPLATE);
+  *t = (CK_ATTRIBUTE *)(void *)pb_empty;
   *n = 0;
   if (cnt == 0) return PB_OK;
   CK_ATTRIBUTE *attrs = pb_arena_alloc(ar, (size_t)cnt * sizeof(CK_ATTRIBUTE));
@@ -391,18 +445,18 @@ static int unpack_attrs(const msgpack_object *o, CK_ATTRIBUTE **t, CK_ULONG *n, 
   for (uint32_t i = 0; i < cnt; i++) {
     const msgpack_object *e = &o->via.array.ptr[i];
     pb_err sub;
-    if (e->type != MSGPACK_OBJECT_ARRAY || e->via.array.size != 2)
+    if (e->type != MSGPACK_OBJECT_ARRAY || e->via.array.size != 2 ||
+        pb_unpack_ulong(&e->via.array.ptr[0], &attrs[i].type, &sub) != PB_OK)
       return pb_fail(err, "%s attribute %u: expected [type, value], got %s", what, (unsigned)i + 1,
-                     e->type == MSGPACK_OBJECT_ARRAY ? "array of other length" : pb_type_name(e));
-    if (pb_unpack_ulong(&e->via.array.ptr[0], &attrs[i].type, &sub) != PB_OK)
-      return pb_fail(err, "%s attribute %u type: %s", what, (unsigned)i + 1, sub.msg);
+                     e->type == MSGPACK_OBJECT_ARRAY ? "another array" : pb_type_name(e));
     int r = unpack_value(&e->via.array.ptr[1], &attrs[i], ar, &sub, depth);
     if (r == PB_RV) {
-      *err = sub;
+      err->rv = sub.rv;
+      snprintf(err->msg, sizeof err->msg, "%s attribute %u: %.260s", what, (unsigned)i + 1, sub.msg);
       return r;
     }
     if (r != PB_OK)
-      return pb_fail(err, "%s attribute %u (type 0x%lx): %s", what, (unsigned)i + 1,
+      return pb_fail(err, "%s attribute %u (type 0x%lx): %.250s", what, (unsigned)i + 1,
                      (unsigned long)attrs[i].type, sub.msg);
   }
   *t = attrs;
@@ -412,6 +466,11 @@ static int unpack_attrs(const msgpack_object *o, CK_ATTRIBUTE **t, CK_ULONG *n, 
 
 int pb_unpack_template(const msgpack_object *o, CK_ATTRIBUTE **t, CK_ULONG *n, pb_arena *ar,
                        pb_err *err) {
+  if (o->type == MSGPACK_OBJECT_NIL) { /* a NULL template */
+    *t = NULL;
+    *n = 0;
+    return PB_OK;
+  }
   return unpack_attrs(o, t, n, ar, err, 0);
 }
 
@@ -458,12 +517,14 @@ int pb_pack_attr_value(msgpack_packer *pk, CK_ATTRIBUTE_TYPE type, const void *p
     }
     break;
   case PB_AK_BYTES:
+  case PB_AK_DATE:
     break;
   }
   return pb_pack_bytes(pk, p, len);
 }
 
 int pb_pack_template(msgpack_packer *pk, const CK_ATTRIBUTE *t, CK_ULONG n) {
+  if (!t) return msgpack_pack_nil(pk); /* NULL travels as nil, an empty array as [] */
   int r = msgpack_pack_array(pk, n);
   for (CK_ULONG i = 0; r == 0 && i < n; i++) {
     r = msgpack_pack_array(pk, 2);
@@ -496,6 +557,7 @@ CK_RV pb_check_template(const CK_ATTRIBUTE *t, CK_ULONG n, size_t limit) {
 }
 
 int pb_pack_attrquery(msgpack_packer *pk, const CK_ATTRIBUTE *t, CK_ULONG n) {
+  if (!t) return msgpack_pack_nil(pk);
   int r = msgpack_pack_array(pk, n);
   for (CK_ULONG i = 0; r == 0 && i < n; i++) {
     r = msgpack_pack_array(pk, 2);
@@ -523,7 +585,7 @@ int pb_attr_value_host_len(const msgpack_object *v, CK_ULONG *len, int depth, pb
   case MSGPACK_OBJECT_BIN: *len = v->via.bin.size; return PB_OK;
   case MSGPACK_OBJECT_ARRAY: {
     uint32_t n = v->via.array.size;
-    if (n > PB_MAX_TEMPLATE) return pb_fail(err, "array of %u elements, limit %u", (unsigned)n, PB_MAX_TEMPLATE);
+    if (n > PB_MAX_TEMPLATE) return pb_fail(err, "array of %u elements, limit %lu", (unsigned)n, PB_MAX_TEMPLATE);
     if (is_nested(v)) {
       if (depth > 0) return pb_fail(err, "templates nest only one level deep");
       for (uint32_t i = 0; i < n; i++) {
@@ -656,7 +718,7 @@ int pb_unpack_attrvalues(const msgpack_object *o, CK_ATTRIBUTE *t, CK_ULONG n, i
       case PB_AK_BOOL: l = 1; unit = sizeof(CK_BBOOL); break;
       case PB_AK_ULONGLIST: unit = sizeof(CK_ULONG); break;
       case PB_AK_TEMPLATE: unit = sizeof(CK_ATTRIBUTE); break;
-      case PB_AK_BYTES: break;
+      case PB_AK_BYTES: case PB_AK_DATE: break;
       }
       if (l == CK_UNAVAILABLE_INFORMATION) {
         a->ulValueLen = l;
@@ -674,22 +736,37 @@ int pb_unpack_attrvalues(const msgpack_object *o, CK_ATTRIBUTE *t, CK_ULONG n, i
 
 /* ------------------------------------------------------------------ message level */
 
+/* The same walk as src/protocol/msgpack.ts checkStructure, so both decoders
+ * refuse the same bytes: one value and nothing after it; no extension
+ * types, floats or 0xc1; map keys that are not containers; nesting at most
+ * PB_MAX_DEPTH; no declared length or element count beyond the bytes that
+ * remain. Nothing is allocated. */
 int pb_prescan(const unsigned char *buf, size_t len, pb_err *err) {
+  uint64_t pending[PB_MAX_DEPTH + 1]; /* values still to read per open level (a map counts keys and values) */
+  unsigned char is_map[PB_MAX_DEPTH + 1];
+  int top = 0;
   size_t pos = 0;
-  uint64_t pending = 1; /* values still to read */
-  while (pending > 0) {
+  pending[0] = 1;
+  is_map[0] = 0;
+  for (;;) {
+    while (pending[top] == 0)
+      if (--top < 0) return pos == len ? 0 : pb_fail(err, "%zu bytes after the MessagePack value", len - pos);
+    int is_key = is_map[top] && pending[top] % 2 == 0;
+    pending[top]--;
     if (pos >= len) return pb_fail(err, "truncated MessagePack");
     unsigned char b = buf[pos++];
-    pending--;
-    uint64_t skip = 0, add = 0;
+    uint64_t skip = 0, items = 0;
+    int container = 0, map = 0;
     size_t lenbytes = 0;
-    int kind = 0; /* 0 scalar with fixed skip, 1 bin/str (len prefix), 2 ext (len prefix + type), 3 array, 4 map */
+    int kind = 0; /* 1: bytes follow the length; 3: array; 4: map */
     if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) {
       /* fixint, nil, bool */
     } else if (b >= 0x80 && b <= 0x8f) {
-      add = 2u * (b & 0x0f);
+      container = map = 1;
+      items = 2u * (b & 0x0f);
     } else if (b >= 0x90 && b <= 0x9f) {
-      add = b & 0x0f;
+      container = 1;
+      items = b & 0x0f;
     } else if (b >= 0xa0 && b <= 0xbf) {
       skip = b & 0x1f;
     } else {
@@ -697,25 +774,17 @@ int pb_prescan(const unsigned char *buf, size_t len, pb_err *err) {
       case 0xc4: case 0xd9: kind = 1; lenbytes = 1; break;
       case 0xc5: case 0xda: kind = 1; lenbytes = 2; break;
       case 0xc6: case 0xdb: kind = 1; lenbytes = 4; break;
-      case 0xc7: kind = 2; lenbytes = 1; break;
-      case 0xc8: kind = 2; lenbytes = 2; break;
-      case 0xc9: kind = 2; lenbytes = 4; break;
-      case 0xca: skip = 4; break;
-      case 0xcb: skip = 8; break;
       case 0xcc: case 0xd0: skip = 1; break;
       case 0xcd: case 0xd1: skip = 2; break;
       case 0xce: case 0xd2: skip = 4; break;
       case 0xcf: case 0xd3: skip = 8; break;
-      case 0xd4: skip = 2; break;
-      case 0xd5: skip = 3; break;
-      case 0xd6: skip = 5; break;
-      case 0xd7: skip = 9; break;
-      case 0xd8: skip = 17; break;
       case 0xdc: kind = 3; lenbytes = 2; break;
       case 0xdd: kind = 3; lenbytes = 4; break;
       case 0xde: kind = 4; lenbytes = 2; break;
       case 0xdf: kind = 4; lenbytes = 4; break;
-      default: return pb_fail(err, "invalid MessagePack byte 0x%02x at offset %zu", b, pos - 1);
+      case 0xc1: return pb_fail(err, "MessagePack byte 0xc1 (never used) at offset %zu", pos - 1);
+      case 0xca: case 0xcb: return pb_fail(err, "MessagePack floats are not part of the protocol (offset %zu)", pos - 1);
+      default: return pb_fail(err, "MessagePack extension types are not part of the protocol (offset %zu)", pos - 1);
       }
     }
     if (lenbytes) {
@@ -724,17 +793,21 @@ int pb_prescan(const unsigned char *buf, size_t len, pb_err *err) {
       for (size_t i = 0; i < lenbytes; i++) v = (v << 8) | buf[pos + i];
       pos += lenbytes;
       if (kind == 1) skip = v;
-      else if (kind == 2) skip = v + 1;
-      else if (kind == 3) add = v;
-      else add = 2 * v;
+      else if (kind == 3) container = 1, items = v;
+      else container = map = 1, items = 2 * v;
     }
-    if (skip > len - pos) return pb_fail(err, "truncated MessagePack");
+    if (skip > len - pos) return pb_fail(err, "truncated MessagePack (a length beyond the bytes that remain)");
     pos += (size_t)skip;
-    pending += add;
-    if (pending > len - pos) return pb_fail(err, "truncated MessagePack (a container declares more elements than bytes remain)");
+    if (!container) continue;
+    if (is_key) return pb_fail(err, "a MessagePack map key that is an array or a map");
+    if (items > len - pos)
+      return pb_fail(err, "truncated MessagePack (a container declares more elements than bytes remain)");
+    if (items == 0) continue;
+    if (top + 1 >= (int)PB_MAX_DEPTH) return pb_fail(err, "MessagePack nested deeper than %lu levels", PB_MAX_DEPTH);
+    top++;
+    pending[top] = items;
+    is_map[top] = (unsigned char)map;
   }
-  if (pos != len) return pb_fail(err, "%zu bytes after the MessagePack value", len - pos);
-  return 0;
 }
 
 int pb_pack_error_map(msgpack_packer *pk, CK_RV rv, const char *msg) {

@@ -21,12 +21,12 @@
 #include <stdint.h>
 #include <msgpack.h>
 #include "p11.h"
+#include "pb_gen.h" /* protocol.json limits: PB_MAX_TEMPLATE, PB_MAX_DEPTH, ... */
 
 #define PB_OK 0
 #define PB_MALFORMED (-1)
 #define PB_RV 1
 
-#define PB_MAX_TEMPLATE 1024 /* attributes per template (each nesting level) */
 
 /* ---- argument / result kinds of protocol.json "kinds" ---- */
 typedef enum {
@@ -38,8 +38,16 @@ typedef enum {
 
 /* ---- attribute kinds of protocol.json "attributes" (default: bytes) ---- */
 typedef enum {
-  PB_AK_BYTES = 0, PB_AK_ULONG, PB_AK_BOOL, PB_AK_TEMPLATE, PB_AK_ULONGLIST
+  PB_AK_BYTES = 0, PB_AK_ULONG, PB_AK_BOOL, PB_AK_TEMPLATE, PB_AK_ULONGLIST, PB_AK_DATE
 } pb_attr_kind;
+
+/* ---- mechanism parameter forms of protocol.json "mechanisms" (default: none) ---- */
+typedef enum {
+  PB_PF_NONE = 0, /* no parameter: nil or an empty bin only */
+  PB_PF_BYTES,    /* a plain byte string (an IV ...): bin */
+  PB_PF_ULONG,    /* one CK_ULONG: an unsigned integer */
+  PB_PF_STRUCT    /* a structure of "paramKinds": an array of its fields */
+} pb_param_form;
 
 /* ---- structure descriptors (info structs and mechanism parameters) ---- */
 typedef enum {
@@ -69,7 +77,8 @@ typedef struct {
 /* generated (build/gen/pb_tables.c) */
 extern const pb_struct_desc pb_struct_info, pb_struct_slotinfo,
     pb_struct_tokeninfo, pb_struct_sessioninfo, pb_struct_mechinfo;
-const pb_struct_desc *pb_mech_param_desc(CK_MECHANISM_TYPE type); /* NULL if none */
+/* The form of a mechanism's parameter; *desc is set for PB_PF_STRUCT. */
+pb_param_form pb_mech_param_form(CK_MECHANISM_TYPE type, const pb_struct_desc **desc);
 pb_attr_kind pb_attr_kind_of(CK_ATTRIBUTE_TYPE type);
 const char *pb_kind_name(pb_kind k);
 
@@ -94,8 +103,11 @@ void pb_arena_init(pb_arena *a);
 void *pb_arena_alloc(pb_arena *a, size_t size); /* zeroed; NULL on failure */
 void pb_arena_free(pb_arena *a);
 
-/* A non-NULL pointer for zero-length values (never written through). */
-extern CK_BYTE pb_empty[1];
+/* A non-NULL pointer for zero-length values (never written through): zeroed
+ * and large enough that a module reading a structure without checking the
+ * length finds NULL pointers and zero lengths, never other memory. */
+#define PB_EMPTY_SIZE 256
+extern CK_BYTE pb_empty[PB_EMPTY_SIZE];
 
 /* ---- scalar kinds ---- */
 int pb_unpack_ulong(const msgpack_object *o, CK_ULONG *out, pb_err *err);

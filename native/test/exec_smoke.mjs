@@ -24,7 +24,7 @@ const packr = new Packr({ useRecords: false, moreTypes: false, int64AsType: 'aut
 const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'auto' });
 
 // ---- constants ----
-const CKR = { OK: 0, ARGUMENTS_BAD: 7, ATTRIBUTE_SENSITIVE: 0x11, ATTRIBUTE_TYPE_INVALID: 0x12,
+const CKR = { OK: 0, ARGUMENTS_BAD: 7, ATTRIBUTE_SENSITIVE: 0x11, ATTRIBUTE_TYPE_INVALID: 0x12, ATTRIBUTE_VALUE_INVALID: 0x13,
   FUNCTION_NOT_SUPPORTED: 0x54, MECHANISM_PARAM_INVALID: 0x71, OBJECT_HANDLE_INVALID: 0x82,
   OPERATION_NOT_INITIALIZED: 0x91, PIN_INCORRECT: 0xa0, SESSION_HANDLE_INVALID: 0xb3,
   SIGNATURE_INVALID: 0xc0, BUFFER_TOO_SMALL: 0x150, DEVICE_MEMORY: 0x31, CRYPTOKI_NOT_INITIALIZED: 0x190 };
@@ -226,8 +226,10 @@ async function main() {
   const [gpt] = await expectRv(ex, [ID.C_Decrypt, h, gct, 1024], 0, 'Decrypt GCM');
   eq(gpt.toString(), plain.toString(), 'GCM round trip');
   await expectRv(ex, [ID.C_EncryptInit, h, [CKM.AES_CBC, [1, 2]], aes], CKR.MECHANISM_PARAM_INVALID, 'array parameter of a mechanism without a structure');
-  await expectError(ex, [ID.C_EncryptInit, h, [CKM.AES_GCM, [gcm[0], 96, null]], aes], CKR.ARGUMENTS_BAD, 'GCM with 3 fields', /C_EncryptInit argument 2 \(mechanism\): .*GCM.*4 fields/);
-  await expectError(ex, [ID.C_EncryptInit, h, [CKM.AES_GCM, [gcm[0], 'x', null, 128]], aes], CKR.ARGUMENTS_BAD, 'GCM field of wrong type', /field 2 \(ivBits\)/);
+  await expectRv(ex, [ID.C_EncryptInit, h, [CKM.AES_GCM, [gcm[0], 96, null]], aes], CKR.MECHANISM_PARAM_INVALID, 'GCM with 3 fields');
+  await expectRv(ex, [ID.C_EncryptInit, h, [CKM.AES_GCM, [gcm[0], 'x', null, 128]], aes], CKR.MECHANISM_PARAM_INVALID, 'GCM field of wrong type');
+  // a raw image of CK_GCM_PARAMS (it holds pointers) never reaches the module
+  await expectRv(ex, [ID.C_EncryptInit, h, [CKM.AES_GCM, Buffer.alloc(40, 0x41)], aes], CKR.MECHANISM_PARAM_INVALID, 'GCM parameter as raw bytes');
 
   // digest
   await expectRv(ex, [ID.C_DigestInit, h, [CKM.SHA256]], 0, 'DigestInit');
@@ -339,17 +341,19 @@ async function main() {
   await expectError(ex, [ID.C_Sign, h, 'text', null], CKR.ARGUMENTS_BAD, 'C_Sign data str', /got str/);
   await expectError(ex, [ID.C_Sign, h, data, -5], CKR.ARGUMENTS_BAD, 'C_Sign capacity negative', /argument 3 \(signature\)/);
   await expectError(ex, [ID.C_CloseSession, -3], CKR.ARGUMENTS_BAD, 'negative session', /got negative int/);
-  await expectError(ex, [ID.C_CloseSession, 1.5], CKR.ARGUMENTS_BAD, 'float session', /got float/);
+  await expectError(ex, [ID.C_CloseSession, 1.5], CKR.ARGUMENTS_BAD, 'float session', /floats are not part of the protocol/);
   await expectError(ex, [ID.C_GetSlotList, 1, null], CKR.ARGUMENTS_BAD, 'bool as int', /expected bool/);
   await expectError(ex, [ID.C_GetSlotList, true, false], CKR.ARGUMENTS_BAD, 'outlist false');
   await expectError(ex, [ID.C_InitToken, slot, bin('1234'), bin('short')], CKR.ARGUMENTS_BAD, 'label not 32 bytes', /argument 3 \(label\): expected bin of 32 bytes, got 5 bytes/);
   const big = Array.from({ length: 5000 }, () => [CKA.TOKEN, false]);
-  await expectError(ex, [ID.C_FindObjectsInit, h, big], CKR.ARGUMENTS_BAD, '5000-attribute template', /5000 attributes, limit 1024/);
+  await expectError(ex, [ID.C_FindObjectsInit, h, big], CKR.ARGUMENTS_BAD, '5000-attribute template', /5000 attributes exceeds 1024/);
   await expectError(ex, [ID.C_GetAttributeValue, h, ecPub, Array.from({ length: 1025 }, () => [0, true])], CKR.ARGUMENTS_BAD, '1025-entry query', /limit 1024/);
-  await expectError(ex, [ID.C_FindObjectsInit, h, [[CKA.WRAP_TEMPLATE, [[0, [[0, 1]]]]]]], CKR.ARGUMENTS_BAD, 'template nested too deep', /one level/);
+  await expectRv(ex, [ID.C_FindObjectsInit, h, [[CKA.WRAP_TEMPLATE, [[0, [[0, 1]]]]]]], CKR.ATTRIBUTE_VALUE_INVALID, 'a template where CKA_CLASS is wanted, nested');
+  await expectRv(ex, [ID.C_FindObjectsInit, h, [[CKA.WRAP_TEMPLATE, [[CKA.WRAP_TEMPLATE, [[0, 1]]]]]]], CKR.ATTRIBUTE_VALUE_INVALID, 'template nested too deep');
+  await expectRv(ex, [ID.C_FindObjectsInit, h, [[CKA.WRAP_TEMPLATE, Buffer.alloc(48, 0x41)]]], CKR.ATTRIBUTE_VALUE_INVALID, 'a wrap template as raw bytes');
   await expectError(ex, [ID.C_FindObjectsInit, h, [[CKA.CLASS, 'x']]], CKR.ARGUMENTS_BAD, 'str attribute value', /attribute 1 \(type 0x0\)/);
   await expectError(ex, [ID.C_FindObjectsInit, h, [[CKA.CLASS]]], CKR.ARGUMENTS_BAD, 'attribute without value');
-  await expectError(ex, [ID.C_FindObjectsInit, h, [[CKA.ALLOWED_MECHANISMS, [1, [2]]]]], CKR.ARGUMENTS_BAD, 'mixed array');
+  await expectRv(ex, [ID.C_FindObjectsInit, h, [[CKA.ALLOWED_MECHANISMS, [1, [2]]]]], CKR.ATTRIBUTE_VALUE_INVALID, 'mixed array');
   await expectError(ex, [ID.C_GetAttributeValue, h, ecPub, [[CKA.CLASS, 1]]], CKR.ARGUMENTS_BAD, 'want not bool', /want: expected bool/);
   await expectError(ex, [ID.C_SignInit, h, [], rsaPriv], CKR.ARGUMENTS_BAD, 'empty mechanism');
   await expectError(ex, [ID.C_SignInit, h, [1, null, 2], rsaPriv], CKR.ARGUMENTS_BAD, 'mechanism of 3');

@@ -10,7 +10,9 @@ import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const bin = process.argv[2] ?? resolve(here, '../build/test_golden');
-const { vectors } = JSON.parse(readFileSync(resolve(here, '../../proto/golden/vectors.json'), 'utf8'));
+const refusalsBin = process.argv[3] ?? resolve(here, '../build/test_refusals');
+const { vectors, refusals } = JSON.parse(readFileSync(resolve(here, '../../proto/golden/vectors.json'), 'utf8'));
+const proto = JSON.parse(readFileSync(resolve(here, '../../proto/protocol.json'), 'utf8'));
 const CALL_IDS = Object.fromEntries(
   JSON.parse(readFileSync(resolve(here, '../../proto/protocol.json'), 'utf8')).calls.map((c) => [c.name, c.id]));
 
@@ -37,18 +39,29 @@ const out = execFileSync(bin, { input: lines.join('\n') + '\n', encoding: 'utf8'
 let failed = 0;
 vectors.forEach((v, i) => {
   const o = out[i] ?? 'err no output';
-  const [status, type, conn, req, hex] = o.split(' ');
+  const [status, type, conn, req, key, hex, answer] = o.split(' ');
   let why;
   if (status !== 'ok') why = o.slice(4);
-  else if (Number(type) !== v.frame.type || Number(conn) !== v.frame.conn || Number(req) !== v.frame.req) why = `header ${type}/${conn}/${req}`;
+  else if (Number(type) !== v.frame.type || Number(conn) !== v.frame.conn || Number(req) !== v.frame.req || Number(key) !== (v.frame.key ?? 0)) why = `header ${type}/${conn}/${req}/${key}`;
   else if (hex !== v.hex) why = `re-encoded\n    got  ${hex}\n    want ${v.hex}`;
+  else if (v.answerBytes !== undefined && Number(answer) !== v.answerBytes) why = `expected answer size ${answer}, the TypeScript client expects ${v.answerBytes}`;
   if (why) {
     failed++;
     console.error(`FAIL ${v.name}: ${why}`);
   }
 });
-if (failed) {
-  console.error(`golden: ${failed} of ${vectors.length} vectors failed`);
+// refusals: the executor refuses each as the TypeScript decoder does, never calling the module
+const rout = execFileSync(refusalsBin, { input: refusals.map((r) => r.payload).join('\n') + '\n', encoding: 'utf8' }).trim().split('\n');
+let rfailed = 0;
+refusals.forEach((r, i) => {
+  const want = r.expect === 'malformed' || r.expect === 'unknown call' ? r.expect : `rv ${proto.rv[r.expect]}`;
+  if (rout[i] !== want) {
+    rfailed++;
+    console.error(`FAIL refusal ${r.name}: got '${rout[i]}', want '${want}'`);
+  }
+});
+if (failed || rfailed) {
+  console.error(`golden: ${failed} of ${vectors.length} vectors and ${rfailed} of ${refusals.length} refusals failed`);
   process.exit(1);
 }
-console.log(`golden: ${vectors.length} vectors reproduced byte for byte`);
+console.log(`golden: ${vectors.length} vectors reproduced byte for byte; ${refusals.length} refusals refused as by the TypeScript decoder, the module never called`);

@@ -4,6 +4,7 @@
 import { encodeFrame, FrameType } from '../../dist/src/protocol/frame.js';
 import { Deframer } from '../../dist/src/protocol/deframer.js';
 import { pack } from '../../dist/src/protocol/msgpack.js';
+import { SUPPORTED_VERSIONS } from '../../dist/src/protocol/handshake.js';
 import { openSerial } from '../../dist/src/transport/server-port.js';
 
 const CONN = 0x1a2b3c4d;
@@ -49,7 +50,7 @@ const deframer = new Deframer(1 << 20, {
     if (f.type & 0x80) return;
     if (f.type === FrameType.Hello) {
       return send(encodeFrame(FrameType.HelloOk, CONN, f.req, pack({
-        version: 1, maxPayload: 1 << 20, server: 'hostile/0', module: { info: INFO, functions: Array.from({ length: 68 }, (_, i) => i + 1) },
+        version: SUPPORTED_VERSIONS[1], maxPayload: 1 << 20, server: 'hostile/0', key: 0x1234567, module: { info: INFO, functions: Array.from({ length: 68 }, (_, i) => i + 1) },
       })));
     }
     if (f.type === FrameType.Bye) return send(encodeFrame(FrameType.ByeOk, CONN, f.req));

@@ -3,7 +3,9 @@
  *
  * stdin, one vector per line:  <kind> <hex> [<paired request hex> | -]
  *   kind: frame (empty payload) | hello | hello_ok | error | request | response
- * stdout, one line per vector: ok <type> <conn> <req> <re-encoded hex> | err <message>
+ * stdout, one line per vector: ok <type> <conn> <req> <key> <re-encoded hex> [<answer bytes>] | err <message>
+ *   (answer bytes, for requests: pb_client_expected_len, which must agree with the
+ *   TypeScript client's estimate stored in the vector)
  *
  * Each vector is deframed (COBS, header, CRC) with the module's deframer,
  * its payload decoded into the C representation libp11bridge works with
@@ -102,6 +104,7 @@ static int args_from_wire(const msgpack_object *o, const pb_call **cp, pb_cslot 
       break;
     case PB_K_TEMPLATE: r = pb_unpack_template(v, &s->tmpl, &s->count, ar, &err); break;
     case PB_K_ATTRQUERY:
+      if (v->type == MSGPACK_OBJECT_NIL) break; /* a NULL template */
       s->count = v->via.array.size;
       s->tmpl = palloc(s->count * sizeof(CK_ATTRIBUTE) + 1);
       for (CK_ULONG k = 0; k < s->count; k++) {
@@ -132,6 +135,10 @@ static int args_from_wire(const msgpack_object *o, const pb_call **cp, pb_cslot 
       }
       break;
     case PB_K_OUTFIXED:
+      if (v->type == MSGPACK_OBJECT_NIL) { /* a NULL buffer */
+        s->mode = 2;
+        break;
+      }
       r = pb_unpack_ulong(v, &s->len, &err);
       s->p = palloc(s->len + 1);
       break;
@@ -160,7 +167,7 @@ static void result_storage(const pb_call *c, pb_cslot *a) {
       s->lenp = palloc(sizeof(CK_ULONG));
       break;
     case PB_K_OUTFIXED:
-      if (!s->p) { s->len = 4; s->p = palloc(4); }
+      if (!s->p && s->mode != 2) { s->len = 4; s->p = palloc(4); }
       break;
     case PB_K_OUTBYTES: case PB_K_OUTLIST:
       if (!s->lenp) s->lenp = palloc(sizeof(CK_ULONG));
@@ -223,11 +230,12 @@ static int pack_results(msgpack_packer *pk, const pb_call *c, pb_cslot *a, CK_RV
   return 0;
 }
 
-static void print_frame(unsigned type, const one_frame *o, const void *payload, size_t len) {
+static void print_frame(unsigned type, const one_frame *o, const void *payload, size_t len, long answer) {
   size_t n;
-  unsigned char *out = pb_frame_encode(type, o->f.conn, o->f.req, payload, len, &n);
-  printf("ok %u %u %u ", type, (unsigned)o->f.conn, (unsigned)o->f.req);
+  unsigned char *out = pb_frame_encode(type, o->f.conn, o->f.req, o->f.key, payload, len, &n);
+  printf("ok %u %u %u %u ", type, (unsigned)o->f.conn, (unsigned)o->f.req, (unsigned)o->f.key);
   for (size_t i = 0; i < n; i++) printf("%02x", out[i]);
+  if (answer >= 0) printf(" %ld", answer);
   printf("\n");
   free(out);
 }
@@ -250,6 +258,7 @@ static int one(const char *kind, const char *hex, const char *pair, char *msg) {
   pb_arena_init(&ar);
   pb_err err;
   int rc = -1;
+  long answer = -1;
   memset(&po, 0, sizeof po);
   if (!strcmp(kind, "frame")) {
     if (o.f.len) { sprintf(msg, "payload not empty"); goto out; }
@@ -267,7 +276,7 @@ static int one(const char *kind, const char *hex, const char *pair, char *msg) {
   } else if (!strcmp(kind, "hello_ok")) {
     pb_hello_ok h;
     if (pb_unpack_hello_ok(o.f.payload, o.f.len, &h, &err)) { sprintf(msg, "HELLO_OK: %s", err.msg); goto out; }
-    msgpack_pack_map(&pk, 4 + (h.lease_ms ? 1 : 0));
+    msgpack_pack_map(&pk, 5 + (h.lease_ms ? 1 : 0));
     msgpack_pack_str_with_body(&pk, "version", 7);
     msgpack_pack_uint64(&pk, h.version);
     msgpack_pack_str_with_body(&pk, "maxPayload", 10);
@@ -278,6 +287,8 @@ static int one(const char *kind, const char *hex, const char *pair, char *msg) {
     }
     msgpack_pack_str_with_body(&pk, "server", 6);
     msgpack_pack_str_with_body(&pk, h.server, strlen(h.server));
+    msgpack_pack_str_with_body(&pk, "key", 3);
+    msgpack_pack_uint64(&pk, h.key);
     msgpack_pack_str_with_body(&pk, "module", 6);
     msgpack_pack_map(&pk, 2);
     msgpack_pack_str_with_body(&pk, "info", 4);
@@ -299,6 +310,7 @@ static int one(const char *kind, const char *hex, const char *pair, char *msg) {
     CK_RV rv = pb_client_check(c, a, 1 << 20);
     if (rv != CKR_OK) { sprintf(msg, "%s: arguments refused: 0x%lx", c->name, (unsigned long)rv); goto out; }
     if (pb_client_encode(&pk, c, a)) { sprintf(msg, "encode failed"); goto out; }
+    answer = (long)pb_client_expected_len(c, a, 1 << 20);
   } else if (!strcmp(kind, "response")) {
     pb_cslot a[PB_MAX_SLOTS];
     memset(a, 0, sizeof a);
@@ -319,7 +331,7 @@ static int one(const char *kind, const char *hex, const char *pair, char *msg) {
     sprintf(msg, "unknown kind %s", kind);
     goto out;
   }
-  print_frame(o.f.type, &o, sb.data, sb.size);
+  print_frame(o.f.type, &o, sb.data, sb.size, answer);
   rc = 0;
 out:
   free(o.payload);

@@ -41,7 +41,15 @@ for (const k of Object.keys(proto.kinds)) kindEnum(k);
 for (const k of KINDS) if (!(k in proto.kinds)) die(`kind '${k}' missing from protocol.json`);
 
 const ATTR_KINDS = { bytes: 'PB_AK_BYTES', ulong: 'PB_AK_ULONG', bool: 'PB_AK_BOOL',
-  template: 'PB_AK_TEMPLATE', ulonglist: 'PB_AK_ULONGLIST' };
+  template: 'PB_AK_TEMPLATE', ulonglist: 'PB_AK_ULONGLIST', date: 'PB_AK_DATE' };
+// protocol.json limits, as C macros (wire.h uses them)
+const LIMIT_MACROS = { maxTemplate: 'PB_MAX_TEMPLATE', maxNesting: 'PB_MAX_NESTING', maxDepth: 'PB_MAX_DEPTH',
+  maxFindObjects: 'PB_MAX_FIND', minPayload: 'PB_MIN_PAYLOAD', defaultMaxPayload: 'PB_DEFAULT_MAX_PAYLOAD' };
+for (const k of Object.keys(LIMIT_MACROS)) if (!Number.isSafeInteger(proto.limits?.[k])) die(`limits.${k} missing`);
+for (const k of Object.keys(proto.limits)) if (!(k in LIMIT_MACROS)) die(`limits.${k} is known to no code`);
+const FRAME_TYPES = ['HELLO', 'CALL', 'BYE', 'PING', 'HELLO_OK', 'RESULT', 'BYE_OK', 'PONG', 'BUSY', 'ERROR'];
+for (const t of FRAME_TYPES) if (!Number.isInteger(proto.frame?.types?.[t])) die(`frame.types.${t} missing`);
+for (const t of Object.keys(proto.frame.types)) if (!FRAME_TYPES.includes(t)) die(`frame.types.${t} is known to no code`);
 
 // ---- C parameter lists from pkcs11f.h, in CK_FUNCTION_LIST order ----
 const cfuncs = [];
@@ -162,6 +170,11 @@ let gen_h = hdr + `#ifndef P11BRIDGE_PB_GEN_H
 #define PB_NCALLS ${calls.length}
 #define PB_MAX_SLOTS ${maxSlots}
 #define PB_PROTOCOL_VERSION ${proto.protocolVersion}
+${Object.entries(LIMIT_MACROS).map(([k, m]) => `#define ${m} ${proto.limits[k]}UL`).join('\n')}
+#define PB_FRAME_VERSION ${proto.frame.version}
+enum {
+${Object.entries(proto.frame.types).map(([k, v]) => `  PB_T_${k} = 0x${v.toString(16).toUpperCase()},`).join('\n')}
+};
 #endif
 `;
 
@@ -228,12 +241,18 @@ for (const key of paramKeys) {
 }
 t += asserts.map((a) => `_Static_assert(${a}, ${q(a)});\n`).join('') + '\n';
 
-t += `const pb_struct_desc *pb_mech_param_desc(CK_MECHANISM_TYPE type) {\n  switch (type) {\n`;
+// mechanism -> parameter form (protocol.json paramKindsDoc); unlisted: none
+t += `pb_param_form pb_mech_param_form(CK_MECHANISM_TYPE type, const pb_struct_desc **desc) {\n  *desc = NULL;\n  switch (type) {\n`;
+const seen = new Set();
 for (const [name, m] of Object.entries(proto.mechanisms)) {
-  if (!(m.param in proto.paramKinds)) die(`mechanisms.${name}: unknown param kind ${m.param}`);
-  t += `  case ${hex(m.value)}: return &pb_param_${cident(m.param)}; /* ${name} */\n`;
+  if (seen.has(m.value)) die(`mechanisms.${name}: value ${m.value} listed twice`);
+  seen.add(m.value);
+  if (m.param === 'bytes') t += `  case ${hex(m.value)}: return PB_PF_BYTES; /* ${name} */\n`;
+  else if (m.param === 'ulong') t += `  case ${hex(m.value)}: return PB_PF_ULONG; /* ${name} */\n`;
+  else if (m.param in proto.paramKinds) t += `  case ${hex(m.value)}: *desc = &pb_param_${cident(m.param)}; return PB_PF_STRUCT; /* ${name} */\n`;
+  else die(`mechanisms.${name}: unknown param '${m.param}'`);
 }
-t += `  default: return NULL;\n  }\n}\n\n`;
+t += `  default: return PB_PF_NONE;\n  }\n}\n\n`;
 
 t += `pb_attr_kind pb_attr_kind_of(CK_ATTRIBUTE_TYPE type) {\n  switch (type) {\n`;
 for (const [name, a] of Object.entries(proto.attributes)) {

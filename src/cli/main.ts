@@ -35,6 +35,7 @@ interface ServeOptions {
   logLevel: string;
   lease: number;
   maxCall: number;
+  initToken?: boolean;
 }
 
 program
@@ -47,6 +48,7 @@ program
   .option('--executor <path>', 'p11bridge-exec binary (default: native/build/p11bridge-exec of this package)')
   .option('--lease <seconds>', 'close a connection silent this long (app killed, VM rebooted)', positiveNumber, 600)
   .option('--max-call <seconds>', 'terminate a module instance whose call runs this long', positiveNumber, 600)
+  .option('--init-token', 'let ports not in the config initialize tokens (C_InitToken); off by default')
   .option('--log-level <level>', 'pino log level', process.env.P11BRIDGE_LOG_LEVEL ?? 'info')
   .action(async (o: ServeOptions, cmd: Command) => {
     let config: DaemonConfig | undefined;
@@ -69,6 +71,7 @@ program
     const configPorts = config?.ports.map((p) => p.path) ?? [];
     const ports = o.port ?? (configPorts.length > 0 ? configPorts : DEFAULT_PORTS.filter((p) => existsSync(p)));
     const policies = new Map(config?.ports.map((p) => [p.path, p.policy]) ?? []);
+    if (o.initToken) for (const p of ports) if (!policies.has(p)) policies.set(p, { readOnly: false, initToken: true });
     if (config) {
       for (const p of ports) if (!policies.has(p)) log.warn({ port: p, config: config.file }, 'port not in the config: served without policy');
       for (const p of configPorts) if (!ports.includes(p)) log.warn({ port: p, config: config.file }, 'port of the config not served (--port names the ports to serve)');
@@ -81,7 +84,7 @@ program
       daemon = await Daemon.start({
         module, ports, maxPayload, executor: o.executor ?? config?.executor, log,
         leaseMs: lease * 1000, maxCallMs: maxCall * 1000,
-        maxConnectionsPerPort: config?.maxConnectionsPerPort,
+        limits: config?.limits,
         policies,
       });
     } catch (e) {

@@ -67,6 +67,8 @@ export class Pkcs11Client {
   private constructor(
     private readonly channel: PortChannel,
     readonly serverInfo: ServerInfo,
+    /** The connection's key from HELLO_OK: every request of the connection carries it. Never shown. */
+    private readonly key: number,
     supported: number[],
     private readonly timeoutMs: number,
     private readonly retry: RetryPolicy,
@@ -87,7 +89,7 @@ export class Pkcs11Client {
     try {
       await this.channel.mutex.runExclusive(() => {
         const req = this.takeReq();
-        return this.channel.roundTrip(encodeFrame(FrameType.Ping, conn, req), { conn, req, method: 'ping', timeoutMs: this.timeoutMs, retry: this.retry });
+        return this.channel.roundTrip(encodeFrame(FrameType.Ping, conn, req, undefined, this.key), { conn, req, method: 'ping', timeoutMs: this.timeoutMs, retry: this.retry });
       });
       this.lastActivity = Date.now();
     } catch {
@@ -137,7 +139,7 @@ export class Pkcs11Client {
         module: info,
         functions: CALLS.filter((c) => functions.includes(c.id)).map((c) => c.name),
       };
-      return new Pkcs11Client(channel, serverInfo, functions, timeoutMs, retry);
+      return new Pkcs11Client(channel, serverInfo, h.key, functions, timeoutMs, retry);
     } catch (e) {
       await channel.release();
       throw e;
@@ -162,7 +164,7 @@ export class Pkcs11Client {
     const req = this.takeReq();
     try {
       await this.channel.mutex.runExclusive(() =>
-        this.channel.roundTrip(encodeFrame(FrameType.Bye, this.serverInfo.connection, req), {
+        this.channel.roundTrip(encodeFrame(FrameType.Bye, this.serverInfo.connection, req, undefined, this.key), {
           conn: this.serverInfo.connection, req, method: 'close', timeoutMs: this.timeoutMs, retry: this.retry,
         }));
     } catch {
@@ -185,7 +187,10 @@ export class Pkcs11Client {
     try {
       payload = encodeCall(spec, args);
     } catch (e) {
-      throw e instanceof ProtocolError ? new TypeError(e.message) : e;
+      // A value the server would refuse unseen by the module (a mechanism
+      // parameter or attribute in the wrong form) gets the same rv here.
+      if (e instanceof ProtocolError) throw e.refusal ? new Pkcs11Error(e.rv, name, e.message) : new TypeError(e.message);
+      throw e;
     }
     if (payload.length > this.serverInfo.maxPayload) {
       throw new Pkcs11Error(CKR.ARGUMENTS_BAD, name, `request of ${payload.length} bytes exceeds the bridge's limit of ${this.serverInfo.maxPayload} bytes`);
@@ -194,7 +199,7 @@ export class Pkcs11Client {
     this.lastActivity = Date.now();
     const reply = await this.channel.mutex.runExclusive(() => {
       const req = this.takeReq();
-      return this.channel.roundTrip(encodeFrame(FrameType.Call, conn, req, payload), {
+      return this.channel.roundTrip(encodeFrame(FrameType.Call, conn, req, payload, this.key), {
         conn, req, method: name, timeoutMs: this.timeoutMs, retry: this.retry,
         lineBytes: payload.length + expectedResultBytes(spec, args, this.serverInfo.maxPayload) + 64,
       });

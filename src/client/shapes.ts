@@ -2,7 +2,8 @@
 // kind in the call table. One converter per kind; no per-call code except
 // the few places where pkcs11js's own API bends the C signature (see client.ts).
 import { wireUlong } from '../protocol/msgpack.js';
-import { attributeKind, mechanismParamSpec, mechanismTakesUlong, STRUCTS, type ArgKind, type FieldSpec, type ResultKind, type StructName, type StructSpec } from '../protocol/table.js';
+import { Pkcs11Error } from '../protocol/errors.js';
+import { assertNever, attributeKind, mechanismParamForm, RV, STRUCTS, type ArgKind, type FieldSpec, type ResultKind, type StructName, type StructSpec } from '../protocol/table.js';
 import type { Attribute, AttributeResult, Mechanism, Template } from './types.js';
 
 /** CK_ULONG size of this host: what pkcs11js would give for raw attribute values. */
@@ -55,30 +56,52 @@ function dateBytes(d: Date): Buffer {
   return Buffer.from(`${p(d.getUTCFullYear(), 4)}${p(d.getUTCMonth() + 1, 2)}${p(d.getUTCDate(), 2)}`, 'ascii');
 }
 
+/**
+ * A pkcs11js attribute value as the wire value of its attribute's kind. It
+ * is first taken as the host bytes pkcs11js would hand the module (a boolean
+ * one byte, a number a CK_ULONG, a string UTF-8, a Date YYYYMMDD), then typed
+ * by the table where the size fits the kind; a size that does not fit travels
+ * as bin, and the server answers CKR_ATTRIBUTE_VALUE_INVALID as the module
+ * would for a value of the wrong size.
+ */
 function attrValueToWire(a: Attribute, depth: number): unknown {
   const v = a.value;
   if (v === undefined || v === null) return null;
-  if (typeof v === 'boolean') return v;
-  if (typeof v === 'number' || typeof v === 'bigint') return ulong(v);
-  if (typeof v === 'string') return Buffer.from(v, 'utf8');
-  if (v instanceof Date) return dateBytes(v);
-  if (Buffer.isBuffer(v)) {
-    // Raw host CK_ULONG/CK_BBOOL bytes become typed values, so the server's
-    // word size does not matter.
-    const kind = attributeKind(a.type);
-    if (kind === 'ulong' && (v.length === 8 || v.length === 4)) return readHostUlong(v);
-    if (kind === 'bool' && v.length === 1) return v[0] !== 0;
-    return v;
-  }
-  if (Array.isArray(v)) {
-    if (v.every((x) => typeof x === 'number' || typeof x === 'bigint')) return (v as Array<number | bigint>).map(ulong);
-    if (depth > 0) throw new TypeError('attribute templates nest one level only');
+  const kind = attributeKind(a.type);
+  if (Array.isArray(v) && !v.every((x) => typeof x === 'number' || typeof x === 'bigint')) {
+    if (kind !== 'template' || depth > 0) throw new TypeError(`attribute 0x${a.type.toString(16)} does not take a template`);
     return templateToWire(v as Template, depth + 1);
   }
-  throw bad(`a value for attribute 0x${a.type.toString(16)}`, v);
+  if (typeof v === 'boolean' && kind === 'bool') return v;
+  if ((typeof v === 'number' || typeof v === 'bigint') && kind === 'ulong') return ulong(v);
+  if (Array.isArray(v) && kind === 'ulonglist') return (v as Array<number | bigint>).map(ulong);
+  const host = hostBytes(a.type, v);
+  switch (kind) {
+    case 'bool': return host.length === 1 ? host[0] !== 0 : host;
+    case 'ulong': return host.length === ULONG_SIZE ? readHostUlong(host) : host;
+    case 'ulonglist':
+      return host.length % ULONG_SIZE === 0
+        ? Array.from({ length: host.length / ULONG_SIZE }, (_, i) => readHostUlong(host.subarray(i * ULONG_SIZE, (i + 1) * ULONG_SIZE)))
+        : host;
+    case 'bytes': case 'date': case 'template': return host;
+    default: return assertNever(kind, 'attribute kind');
+  }
 }
 
-export function templateToWire(t: unknown, depth = 0): unknown[] {
+/** The bytes pkcs11js would pass the module for a JavaScript attribute value. */
+function hostBytes(type: number, v: NonNullable<Attribute['value']>): Buffer {
+  if (Buffer.isBuffer(v)) return v;
+  if (v instanceof Uint8Array) return Buffer.from(v);
+  if (typeof v === 'boolean') return Buffer.from([v ? 1 : 0]);
+  if (typeof v === 'number' || typeof v === 'bigint') return ulongToHost(ulong(v));
+  if (typeof v === 'string') return Buffer.from(v, 'utf8');
+  if (v instanceof Date) return dateBytes(v);
+  if (Array.isArray(v)) return Buffer.concat((v as Array<number | bigint>).map((x) => ulongToHost(ulong(x))));
+  throw bad(`a value for attribute 0x${type.toString(16)}`, v);
+}
+
+export function templateToWire(t: unknown, depth = 0): unknown[] | null {
+  if (t === undefined || t === null) return null; // a NULL template
   if (!Array.isArray(t)) throw bad('a template (array of { type, value })', t);
   return t.map((a: Attribute) => {
     if (!a || typeof a.type !== 'number') throw bad('an attribute { type, value }', a);
@@ -109,20 +132,30 @@ function parseHostStruct(spec: StructSpec, b: Buffer): unknown[] | undefined {
 
 const fixedSize = (f: FieldSpec): number => (f.kind === 'fixed8' ? 8 : f.kind === 'fixed16' ? 16 : Number(f.kind.slice(4)));
 
+/**
+ * A pkcs11js mechanism as [type] or [type, parameter] in the form the table
+ * gives the mechanism. A parameter that cannot take that form travels as it
+ * is and the server answers CKR_MECHANISM_PARAM_INVALID (a raw structure
+ * holding pointers is never sent as bytes: see protocol.json paramKindsDoc).
+ */
 export function mechanismToWire(m: unknown): unknown[] {
   if (!m || typeof m !== 'object' || typeof (m as Mechanism).mechanism !== 'number') throw bad('a mechanism { mechanism, parameter }', m);
   const { mechanism, parameter } = m as Mechanism;
   const type = ulong(mechanism);
   if (parameter === undefined || parameter === null) return [type];
-  const spec = mechanismParamSpec(mechanism);
-  if (Buffer.isBuffer(parameter)) {
-    if (mechanismTakesUlong(mechanism) && parameter.length === ULONG_SIZE) return [type, readHostUlong(parameter)];
-    const fields = spec && parseHostStruct(spec, parameter);
-    return [type, fields ?? parameter];
+  const form = mechanismParamForm(mechanism);
+  if (Buffer.isBuffer(parameter) || parameter instanceof Uint8Array) {
+    const b = Buffer.from(parameter.buffer, parameter.byteOffset, parameter.byteLength);
+    if (form.form === 'ulong' && b.length === ULONG_SIZE) return [type, readHostUlong(b)];
+    if (form.form === 'struct') return [type, parseHostStruct(form.spec, b) ?? b];
+    return [type, b];
   }
   if (typeof parameter === 'number' || typeof parameter === 'bigint') return [type, ulong(parameter)];
   if (typeof parameter !== 'object') throw bad('a mechanism parameter', parameter);
-  if (!spec) throw new TypeError(`no parameter structure is known for mechanism 0x${mechanism.toString(16)}; pass the parameter as a Buffer`);
+  if (form.form !== 'struct') {
+    throw new Pkcs11Error(RV.CKR_MECHANISM_PARAM_INVALID!, '', `no parameter structure is known for mechanism 0x${mechanism.toString(16)}`);
+  }
+  const spec = form.spec;
   return [type, spec.fields.map((f) => {
     const v = (parameter as Record<string, unknown>)[f.name];
     if (f.kind === 'ulong') return v === undefined ? 0 : ulong(v);
@@ -144,11 +177,16 @@ export function argToWire(kind: ArgKind, v: unknown): unknown {
     case 'label': return label(v);
     case 'mechanism': return mechanismToWire(v);
     case 'template': return templateToWire(v);
-    case 'attrquery': return templateToWire(v).map((a) => [(a as unknown[])[0], true]);
-    case 'outbytes': case 'outfixed':
+    case 'attrquery': return templateToWire(v)?.map((a) => [(a as unknown[])[0], true]) ?? null;
+    case 'outbytes':
+      if (!Buffer.isBuffer(v)) throw bad('an output Buffer', v);
+      return v.length;
+    case 'outfixed':
+      if (v === null || v === undefined) return null;
       if (!Buffer.isBuffer(v)) throw bad('an output Buffer', v);
       return v.length;
     case 'outlist': return true;
+    default: return assertNever(kind, 'argument kind');
   }
 }
 
@@ -196,6 +234,7 @@ export function resultFromWire(kind: ResultKind, v: unknown, arg?: unknown): unk
     case 'objectlist': return (v as Array<number | bigint>).map(handleFromWire);
     case 'outlist': return (v as Array<number | bigint>).map(Number);
     case 'outbytes': case 'outfixed': {
+      if (v === null) return arg; // outfixed after a NULL buffer
       const out = arg as Buffer;
       const data = v as Buffer;
       if (data.length > out.length) throw new RangeError(`server returned ${data.length} bytes for a ${out.length}-byte buffer`);

@@ -3,12 +3,21 @@
 import { checkArg, checkResult } from './kinds.js';
 import { pack, peekFirstUint, unpackUntrusted } from './msgpack.js';
 import { CKR } from './errors.js';
-import { callById, RV, type CallSpec } from './table.js';
+import { assertNever, callById, RV, type CallSpec } from './table.js';
 
 export class ProtocolError extends Error {
   override readonly name = 'ProtocolError';
-  /** The CKR code a server answers with: CKR_ARGUMENTS_BAD unless the call itself is unknown. */
-  constructor(message: string, readonly rv: number = CKR.ARGUMENTS_BAD) {
+  constructor(
+    message: string,
+    /** The CKR code a server answers with: CKR_ARGUMENTS_BAD unless the call itself is unknown. */
+    readonly rv: number = CKR.ARGUMENTS_BAD,
+    /**
+     * A well-formed call whose argument the table refuses (a mechanism
+     * parameter or attribute value in the wrong form): answered as a RESULT
+     * with `rv`, as a module would, not as an ERROR.
+     */
+    readonly refusal = false,
+  ) {
     super(message);
   }
 }
@@ -21,8 +30,11 @@ export function encodeCall(spec: CallSpec, args: readonly unknown[]): Buffer {
 function checkArgs(spec: CallSpec, args: readonly unknown[]): void {
   checkArity(spec, 'argument', spec.args.length, args.length);
   spec.args.forEach((p, i) => {
-    const err = checkArg(p.kind, args[i]);
-    if (err) throw new ProtocolError(`${spec.name} argument ${i + 1} (${p.name}): ${err}`);
+    const problem = checkArg(p.kind, args[i]);
+    if (problem) {
+      const message = `${spec.name} argument ${i + 1} (${p.name}): ${problem.message}`;
+      throw problem.rv === undefined ? new ProtocolError(message) : new ProtocolError(message, problem.rv, true);
+    }
   });
 }
 
@@ -92,7 +104,8 @@ export function expectedResultBytes(spec: CallSpec, args: readonly unknown[], li
       case 'objectlist': n += Math.min((c ?? 0) * 9, limit) + 5; break;
       case 'attrvalues': n += 5 + (Array.isArray(v) ? v.length * (10 + 256) : 0); break;
       case 'ulong': case 'slot': case 'session': case 'object': n += 9; break;
-      default: n += 256; // an info struct
+      case 'info': case 'slotinfo': case 'tokeninfo': case 'sessioninfo': case 'mechinfo': n += 256; break;
+      default: assertNever(p.kind, 'result kind');
     }
     if (n >= limit) return limit;
   }

@@ -2,7 +2,7 @@
 // nothing is buffered past the size limit, and every bad piece is dropped
 // and reported, after which the next frame is read normally.
 import { cobsDecode } from './cobs.js';
-import { decodeFrame, maxEncodedSize, readHeader, HEADER_SIZE, type Frame, type FrameHeader } from './frame.js';
+import { decodeFrame, maxEncodedSize, readHeader, KEYED_HEADER_SIZE, type Frame, type FrameHeader } from './frame.js';
 
 export interface DeframerEvents {
   frame(frame: Frame): void;
@@ -20,7 +20,7 @@ export class Deframer {
   private overflowBytes = 0;
   private readonly limit: number;
 
-  constructor(maxPayload: number, private readonly on: DeframerEvents) {
+  constructor(private readonly maxPayload: number, private readonly on: DeframerEvents) {
     this.limit = maxEncodedSize(maxPayload);
   }
 
@@ -58,8 +58,8 @@ export class Deframer {
 
   private finishPiece(): void {
     if (this.overflow) {
-      const prefix = this.overflowPrefix ? cobsDecode(this.overflowPrefix, HEADER_SIZE) : null;
-      const header = prefix && prefix.length === HEADER_SIZE ? readHeader(prefix) : undefined;
+      const prefix = this.overflowPrefix ? cobsDecode(this.overflowPrefix, KEYED_HEADER_SIZE) : null;
+      const header = prefix ? readHeader(prefix) : undefined;
       const bytes = this.overflowBytes;
       this.overflow = false;
       this.overflowPrefix = undefined;
@@ -73,6 +73,8 @@ export class Deframer {
     this.partLen = 0;
     const result = decodeFrame(piece);
     if (typeof result === 'string') this.on.drop(result, piece.length);
+    // The piece limit allows for COBS's worst case; the payload limit is exact.
+    else if (result.payload.length > this.maxPayload) this.on.oversize(result.payload.length, result);
     else this.on.frame(result);
   }
 }

@@ -1,63 +1,79 @@
-// Frame layout (PROTOCOL.md section 3): a 12-byte header, a MessagePack
-// payload and a CRC-32, COBS-encoded between 0x00 delimiters.
+// Frame layout (PROTOCOL.md section 3): a header, a MessagePack payload and a
+// CRC-32, COBS-encoded between 0x00 delimiters. Requests on a connection
+// carry the connection's key, which only the app that opened it knows.
 import { crc32 } from 'node:zlib';
 import { cobsDecode, cobsEncodeDelimited } from './cobs.js';
+import { FRAME, LIMITS } from './table.js';
 
-export const FRAME_VERSION = 1;
-export const HEADER_SIZE = 12;
+export const FRAME_VERSION = FRAME.version;
+/** version, type, connection id, request id */
+export const BASE_HEADER_SIZE = 10;
+/** ... and the key, in a request on a connection (conn != 0) */
+export const KEYED_HEADER_SIZE = 14;
 export const CRC_SIZE = 4;
-export const MIN_FRAME = HEADER_SIZE + CRC_SIZE;
-export const DEFAULT_MAX_PAYLOAD = 1024 * 1024;
+export const MIN_FRAME = BASE_HEADER_SIZE + CRC_SIZE;
+export const DEFAULT_MAX_PAYLOAD = LIMITS.defaultMaxPayload;
 
 export const FrameType = {
-  Hello: 0x01,
-  Call: 0x02,
-  Bye: 0x03,
-  Ping: 0x04,
-  HelloOk: 0x81,
-  Result: 0x82,
-  ByeOk: 0x83,
-  Pong: 0x84,
-  Busy: 0x85,
-  Error: 0xff,
+  Hello: FRAME.types.HELLO,
+  Call: FRAME.types.CALL,
+  Bye: FRAME.types.BYE,
+  Ping: FRAME.types.PING,
+  HelloOk: FRAME.types.HELLO_OK,
+  Result: FRAME.types.RESULT,
+  ByeOk: FRAME.types.BYE_OK,
+  Pong: FRAME.types.PONG,
+  Busy: FRAME.types.BUSY,
+  Error: FRAME.types.ERROR,
 } as const;
-export type FrameTypeCode = (typeof FrameType)[keyof typeof FrameType];
 
 /** Frames from the trusted VM have the high bit of the type set. */
 export const isResponseType = (type: number): boolean => (type & 0x80) !== 0;
+/** Whether a frame of this type and connection carries the connection's key. */
+export const isKeyed = (type: number, conn: number): boolean => !isResponseType(type) && conn !== 0;
 
 export interface FrameHeader {
   version: number;
   type: number;
-  flags: number;
   conn: number;
   req: number;
+  /** The connection's key (requests on a connection), else 0. */
+  key: number;
 }
 export interface Frame extends FrameHeader {
   payload: Buffer;
 }
 
-export function encodeFrame(type: number, conn: number, req: number, payload: Uint8Array = EMPTY): Buffer {
-  const raw = Buffer.allocUnsafe(HEADER_SIZE + payload.length + CRC_SIZE);
+/** Encodes a frame; `key` is written where the header has room for it (keyed requests). */
+export function encodeFrame(type: number, conn: number, req: number, payload: Uint8Array = EMPTY, key = 0): Buffer {
+  const head = isKeyed(type, conn) ? KEYED_HEADER_SIZE : BASE_HEADER_SIZE;
+  const raw = Buffer.allocUnsafe(head + payload.length + CRC_SIZE);
   raw[0] = FRAME_VERSION;
   raw[1] = type;
-  raw.writeUInt16BE(0, 2);
-  raw.writeUInt32BE(conn >>> 0, 4);
-  raw.writeUInt32BE(req >>> 0, 8);
-  raw.set(payload, HEADER_SIZE);
-  const end = HEADER_SIZE + payload.length;
+  raw.writeUInt32BE(conn >>> 0, 2);
+  raw.writeUInt32BE(req >>> 0, 6);
+  if (head === KEYED_HEADER_SIZE) raw.writeUInt32BE(key >>> 0, 10);
+  raw.set(payload, head);
+  const end = head + payload.length;
   raw.writeUInt32BE(crc32(raw.subarray(0, end)), end);
   return cobsEncodeDelimited(raw);
 }
 const EMPTY = Buffer.alloc(0);
 
-export function readHeader(raw: Buffer): FrameHeader {
+/** The header of a decoded frame (undefined if it is too short for its own layout). */
+export function readHeader(raw: Buffer): (FrameHeader & { size: number }) | undefined {
+  if (raw.length < BASE_HEADER_SIZE) return undefined;
+  const type = raw[1]!;
+  const conn = raw.readUInt32BE(2);
+  const keyed = raw[0] === FRAME_VERSION && isKeyed(type, conn);
+  if (keyed && raw.length < KEYED_HEADER_SIZE) return undefined;
   return {
     version: raw[0]!,
-    type: raw[1]!,
-    flags: raw.readUInt16BE(2),
-    conn: raw.readUInt32BE(4),
-    req: raw.readUInt32BE(8),
+    type,
+    conn,
+    req: raw.readUInt32BE(6),
+    key: keyed ? raw.readUInt32BE(10) : 0,
+    size: keyed ? KEYED_HEADER_SIZE : BASE_HEADER_SIZE,
   };
 }
 
@@ -70,11 +86,13 @@ export function decodeFrame(piece: Buffer): Frame | DecodeFailure {
   if (raw.length < MIN_FRAME) return 'short';
   const end = raw.length - CRC_SIZE;
   if (crc32(raw.subarray(0, end)) !== raw.readUInt32BE(end)) return 'crc';
-  return { ...readHeader(raw), payload: raw.subarray(HEADER_SIZE, end) };
+  const h = readHeader(raw.subarray(0, end));
+  if (!h) return 'short';
+  return { version: h.version, type: h.type, conn: h.conn, req: h.req, key: h.key, payload: raw.subarray(h.size, end) };
 }
 
 /** Largest COBS piece a frame with `maxPayload` bytes of payload can take. */
 export function maxEncodedSize(maxPayload: number): number {
-  const raw = maxPayload + MIN_FRAME;
+  const raw = maxPayload + KEYED_HEADER_SIZE + CRC_SIZE;
   return raw + Math.ceil(raw / 254) + 1;
 }

@@ -2,12 +2,13 @@
 // receipt because they come off the line.
 import { z } from 'zod';
 import { unpackUntrusted } from './msgpack.js';
+import { LIMITS, PROTOCOL_VERSION } from './table.js';
 
-export const SUPPORTED_VERSIONS: readonly [number, number] = [1, 1];
+export const SUPPORTED_VERSIONS: readonly [number, number] = [PROTOCOL_VERSION, PROTOCOL_VERSION];
 
 export const helloSchema = z.object({
   versions: z.tuple([z.number().int().min(0), z.number().int().min(0)]),
-  maxPayload: z.number().int().positive(),
+  maxPayload: z.number().int().min(LIMITS.minPayload, { error: `maxPayload must be at least ${LIMITS.minPayload}` }),
   client: z.string().max(200).optional(),
 });
 export type Hello = z.infer<typeof helloSchema>;
@@ -18,6 +19,8 @@ export const helloOkSchema = z.object({
   /** The server closes a connection silent for this long; clients PING well within it. */
   leaseMs: z.number().int().positive().optional(),
   server: z.string().max(200),
+  /** This connection's key: every later request of the connection carries it in its header. */
+  key: z.number().int().min(1).max(0xffffffff),
   module: z.object({
     info: z.array(z.unknown()),
     functions: z.array(z.number().int()),

@@ -1,29 +1,51 @@
 // Checks that a value off the line has the shape its kind demands
-// (protocol.json `kinds`). Every decoder runs these before using a value, so
-// a hostile or damaged payload is reported precisely instead of misread.
+// (protocol.json `kinds`, `paramKindsDoc`, `attributesDoc`). Every decoder
+// runs these before using a value, so a hostile or damaged payload is
+// reported precisely instead of misread. native/src/wire.c applies the same
+// rules in the same order: the golden vectors hold cases both must refuse.
+//
+// Two sorts of problem: a value that is not the protocol at all (malformed:
+// the server answers ERROR CKR_ARGUMENTS_BAD), and a well-formed value in the
+// wrong form for its mechanism or attribute (answered as the PKCS#11 return
+// value a module gives for it, without calling the module).
 import { ulongFromWire } from './msgpack.js';
-import { mechanismParamSpec, STRUCTS, type ArgKind, type FieldKind, type ResultKind, type StructName, type StructSpec } from './table.js';
+import {
+  assertNever, attributeKind, LIMITS, mechanismParamForm, rvCode, STRUCTS,
+  type ArgKind, type FieldKind, type ResultKind, type StructName, type StructSpec,
+} from './table.js';
 
-export const MAX_TEMPLATE = 1024;
+export const MAX_TEMPLATE = LIMITS.maxTemplate;
+
+export interface Problem {
+  readonly message: string;
+  /** Set when the value is well-formed but refused: the call is answered with this rv. */
+  readonly rv?: number;
+}
+
+const CKR_MECHANISM_PARAM_INVALID = rvCode('CKR_MECHANISM_PARAM_INVALID');
+const CKR_ATTRIBUTE_VALUE_INVALID = rvCode('CKR_ATTRIBUTE_VALUE_INVALID');
 
 const isBin = (v: unknown): v is Uint8Array => v instanceof Uint8Array;
 const isUlong = (v: unknown): boolean => ulongFromWire(v) !== undefined;
-const describe = (v: unknown): string =>
-  v === null ? 'nil' : isBin(v) ? `bin(${v.length})` : Array.isArray(v) ? `array(${v.length})` : typeof v === 'bigint' ? 'int' : typeof v === 'number' ? (Number.isInteger(v) ? (v < 0 ? 'negative int' : 'int') : 'float') : typeof v;
+/** One of the value types the protocol uses anywhere (not str, map, float, ext, negative int). */
+const isWireValue = (v: unknown): boolean => v === null || typeof v === 'boolean' || isBin(v) || isUlong(v) || Array.isArray(v);
+export const describe = (v: unknown): string =>
+  v === null ? 'nil' : v === undefined ? 'nothing' : isBin(v) ? `bin(${v.length})` : Array.isArray(v) ? `array(${v.length})` : typeof v === 'bigint' ? (v < 0n ? 'negative int' : 'int') : typeof v === 'number' ? (Number.isInteger(v) ? (v < 0 ? 'negative int' : 'int') : 'float') : typeof v;
 
-type Check = (v: unknown) => string | undefined;
-const want = (what: string, ok: boolean, v: unknown): string | undefined => (ok ? undefined : `expected ${what}, got ${describe(v)}`);
+const malformed = (message: string): Problem => ({ message });
+const refused = (rv: number, message: string): Problem => ({ rv, message });
+const want = (what: string, ok: boolean, v: unknown): Problem | undefined => (ok ? undefined : malformed(`expected ${what}, got ${describe(v)}`));
 
 function checkField(kind: FieldKind, v: unknown): string | undefined {
-  if (kind === 'ulong') return want('int', isUlong(v), v);
-  if (kind === 'bytes') return want('bin or nil', v === null || isBin(v), v);
-  if (kind === 'version') {
-    return want('[major, minor]', Array.isArray(v) && v.length === 2 && v.every((x) => Number.isInteger(x) && x >= 0 && x <= 255), v);
-  }
+  const ok = (cond: boolean, what: string) => (cond ? undefined : `expected ${what}, got ${describe(v)}`);
+  if (kind === 'ulong') return ok(isUlong(v), 'int');
+  if (kind === 'bytes') return ok(v === null || isBin(v), 'bin or nil');
+  if (kind === 'version') return ok(Array.isArray(v) && v.length === 2 && v.every((x) => Number.isInteger(x) && x >= 0 && x <= 255), '[major, minor]');
   const n = kind === 'fixed8' ? 8 : kind === 'fixed16' ? 16 : Number(kind.slice(4));
-  return want(`bin(${n})`, isBin(v) && v.length === n, v);
+  return ok(isBin(v) && v.length === n, `bin(${n})`);
 }
 
+/** Checks a structure's fields; undefined when it is right, else what is wrong. */
 export function checkStruct(spec: StructSpec, v: unknown): string | undefined {
   if (!Array.isArray(v) || v.length !== spec.fields.length) return `expected ${spec.ctype} as array(${spec.fields.length}), got ${describe(v)}`;
   for (let i = 0; i < spec.fields.length; i++) {
@@ -34,38 +56,70 @@ export function checkStruct(spec: StructSpec, v: unknown): string | undefined {
   return undefined;
 }
 
-function checkAttrValue(v: unknown, depth: number): string | undefined {
-  if (v === null || typeof v === 'boolean' || isBin(v) || isUlong(v)) return undefined;
-  if (!Array.isArray(v)) return `expected attribute value, got ${describe(v)}`;
-  if (v.length > MAX_TEMPLATE) return `nested template of ${v.length} attributes exceeds ${MAX_TEMPLATE}`;
-  if (v.every(isUlong)) return undefined;
-  if (depth > 0) return 'templates nest one level only';
-  return checkTemplate(v, depth + 1);
+const typeName = (type: unknown): string => `0x${BigInt(type as number).toString(16)}`;
+
+/** A value of a guest's template, typed by its attribute's kind (`depth` 0 at the top, 1 inside a nested template). */
+function checkAttrValue(type: unknown, v: unknown, depth: number): Problem | undefined {
+  if (v === null) return undefined; // NULL, length 0: for the module to judge
+  if (!isWireValue(v)) return malformed(`expected an attribute value, got ${describe(v)}`);
+  const kind = attributeKind(type as number | bigint);
+  const wrong = (what: string) => refused(CKR_ATTRIBUTE_VALUE_INVALID, `attribute ${typeName(type)} (${kind}) must be ${what}, got ${describe(v)}`);
+  switch (kind) {
+    case 'bool': return typeof v === 'boolean' ? undefined : wrong('a boolean');
+    case 'ulong': return isUlong(v) ? undefined : wrong('an unsigned integer');
+    case 'bytes': return isBin(v) ? undefined : wrong('bin');
+    case 'date': return isBin(v) && (v.length === 0 || v.length === 8) ? undefined : wrong('bin of 8 bytes (YYYYMMDD) or empty');
+    case 'ulonglist':
+      if (!Array.isArray(v)) return wrong('an array of unsigned integers');
+      if (v.length > MAX_TEMPLATE) return malformed(`CK_ULONG array of ${v.length} elements exceeds ${MAX_TEMPLATE}`);
+      return v.every(isUlong) ? undefined : wrong('an array of unsigned integers');
+    case 'template':
+      if (!Array.isArray(v)) return wrong('a template');
+      if (depth >= LIMITS.maxNesting) return wrong(`a template no more than ${LIMITS.maxNesting} level deep`);
+      return checkTemplate(v, depth + 1);
+    default: return assertNever(kind, 'attribute kind');
+  }
 }
 
-function checkTemplate(v: unknown, depth = 0): string | undefined {
-  if (!Array.isArray(v)) return `expected template, got ${describe(v)}`;
-  if (v.length > MAX_TEMPLATE) return `template of ${v.length} attributes exceeds ${MAX_TEMPLATE}`;
+/** A guest's template: nil (NULL) or [[type, value], ...]. */
+function checkTemplate(v: unknown, depth = 0): Problem | undefined {
+  if (v === null && depth === 0) return undefined;
+  if (!Array.isArray(v)) return malformed(`expected template, got ${describe(v)}`);
+  if (v.length > MAX_TEMPLATE) return malformed(`${depth ? 'nested template' : 'template'} of ${v.length} attributes exceeds ${MAX_TEMPLATE}`);
   for (let i = 0; i < v.length; i++) {
     const a = v[i];
-    if (!Array.isArray(a) || a.length !== 2 || !isUlong(a[0])) return `attribute ${i}: expected [type, value], got ${describe(a)}`;
-    const err = checkAttrValue(a[1], depth);
-    if (err) return `attribute ${i}: ${err}`;
+    if (!Array.isArray(a) || a.length !== 2 || !isUlong(a[0])) return malformed(`attribute ${i}: expected [type, value], got ${describe(a)}`);
+    const p = checkAttrValue(a[0], a[1], depth);
+    if (p) return { ...p, message: `attribute ${i}: ${p.message}` };
   }
   return undefined;
 }
 
-function checkMechanism(v: unknown): string | undefined {
-  if (!Array.isArray(v) || v.length < 1 || v.length > 2 || !isUlong(v[0])) return `expected [type] or [type, parameter], got ${describe(v)}`;
+function checkMechanism(v: unknown): Problem | undefined {
+  if (!Array.isArray(v) || v.length < 1 || v.length > 2 || !isUlong(v[0])) return malformed(`expected [type] or [type, parameter], got ${describe(v)}`);
   const p = v[1];
-  if (p === undefined || p === null || isBin(p) || isUlong(p)) return undefined;
-  if (!Array.isArray(p)) return `parameter: expected nil, bin, int or array, got ${describe(p)}`;
-  const spec = mechanismParamSpec(Number(v[0]));
-  // An unknown structure is for the module to refuse (CKR_MECHANISM_PARAM_INVALID).
-  return spec ? checkStruct(spec, p) : undefined;
+  if (p === undefined || p === null) return undefined;
+  if (!(isBin(p) || isUlong(p) || Array.isArray(p))) return malformed(`parameter: expected nil, bin, int or array, got ${describe(p)}`);
+  if (isBin(p) && p.length === 0) return undefined; // a non-NULL pointer, length 0: no parameter
+  const type = v[0] as number | bigint;
+  const form = mechanismParamForm(type);
+  const wrong = (what: string) => refused(CKR_MECHANISM_PARAM_INVALID, `mechanism ${typeName(type)} takes ${what}, got ${describe(p)}`);
+  switch (form.form) {
+    case 'none': return wrong('no parameter');
+    case 'bytes': return isBin(p) ? undefined : wrong('a byte string');
+    case 'ulong': return isUlong(p) ? undefined : wrong('an unsigned integer');
+    case 'struct': {
+      if (!Array.isArray(p)) return wrong(`${form.spec.ctype} as an array of its fields`);
+      const err = checkStruct(form.spec, p);
+      return err ? refused(CKR_MECHANISM_PARAM_INVALID, err) : undefined;
+    }
+    default: return assertNever(form, 'parameter form');
+  }
 }
 
-const argChecks: Record<ArgKind, Check> = {
+type Check = (v: unknown) => Problem | undefined;
+
+const argChecks: { readonly [K in ArgKind]: Check } = {
   ulong: (v) => want('int', isUlong(v), v),
   slot: (v) => want('int', isUlong(v), v),
   session: (v) => want('int', isUlong(v), v),
@@ -76,29 +130,47 @@ const argChecks: Record<ArgKind, Check> = {
   mechanism: checkMechanism,
   template: (v) => checkTemplate(v),
   attrquery: (v) => {
-    if (!Array.isArray(v) || v.length > MAX_TEMPLATE) return `expected array of at most ${MAX_TEMPLATE} [type, want], got ${describe(v)}`;
+    if (v === null) return undefined;
+    if (!Array.isArray(v) || v.length > MAX_TEMPLATE) return malformed(`expected nil or an array of at most ${MAX_TEMPLATE} [type, want], got ${describe(v)}`);
     const bad = v.findIndex((a) => !Array.isArray(a) || a.length !== 2 || !isUlong(a[0]) || typeof a[1] !== 'boolean');
-    return bad === -1 ? undefined : `entry ${bad}: expected [type, want]`;
+    return bad === -1 ? undefined : malformed(`entry ${bad}: expected [type, want]`);
   },
   outbytes: (v) => want('capacity (int) or nil', v === null || isUlong(v), v),
   outlist: (v) => want('capacity (int), nil or true', v === null || v === true || isUlong(v), v),
-  outfixed: (v) => want('length (int)', isUlong(v), v),
+  outfixed: (v) => want('length (int) or nil', v === null || isUlong(v), v),
 };
 
-const structCheck = (name: StructName): Check => (v) => checkStruct(STRUCTS[name], v);
-const resultChecks: Record<ResultKind, Check> = {
-  ulong: argChecks.ulong,
-  slot: argChecks.slot,
-  session: argChecks.session,
-  object: argChecks.object,
-  outbytes: (v) => want('bin or length', isBin(v) || isUlong(v), v),
-  outlist: (v) => want('array of int or count', isUlong(v) || (Array.isArray(v) && v.every(isUlong)), v),
-  objectlist: (v) => want('array of int', Array.isArray(v) && v.every(isUlong), v),
-  outfixed: (v) => want('bin', isBin(v), v),
+/** A value of a module's answer: lenient about sizes (a value of an unexpected size travels as bin). */
+function checkAnswerValue(v: unknown, depth: number): string | undefined {
+  if (v === null || typeof v === 'boolean' || isBin(v) || isUlong(v)) return undefined;
+  if (!Array.isArray(v)) return `expected attribute value, got ${describe(v)}`;
+  if (v.length > MAX_TEMPLATE) return `array of ${v.length} elements exceeds ${MAX_TEMPLATE}`;
+  if (v.every(isUlong)) return undefined;
+  if (depth >= LIMITS.maxNesting) return 'templates nest one level only';
+  for (let i = 0; i < v.length; i++) {
+    const a = v[i];
+    if (!Array.isArray(a) || a.length !== 2 || !isUlong(a[0])) return `nested attribute ${i}: expected [type, value]`;
+    const err = checkAnswerValue(a[1], depth + 1);
+    if (err) return `nested attribute ${i}: ${err}`;
+  }
+  return undefined;
+}
+
+const ok = (what: string, cond: boolean, v: unknown): string | undefined => (cond ? undefined : `expected ${what}, got ${describe(v)}`);
+const structCheck = (name: StructName) => (v: unknown) => checkStruct(STRUCTS[name], v);
+const resultChecks: { readonly [K in ResultKind]: (v: unknown) => string | undefined } = {
+  ulong: (v) => ok('int', isUlong(v), v),
+  slot: (v) => ok('int', isUlong(v), v),
+  session: (v) => ok('int', isUlong(v), v),
+  object: (v) => ok('int', isUlong(v), v),
+  outbytes: (v) => ok('bin or length', isBin(v) || isUlong(v), v),
+  outlist: (v) => ok('array of int or count', isUlong(v) || (Array.isArray(v) && v.every(isUlong)), v),
+  objectlist: (v) => ok('array of int', Array.isArray(v) && v.every(isUlong), v),
+  outfixed: (v) => ok('bin or nil', v === null || isBin(v), v),
   attrvalues: (v) => {
     if (!Array.isArray(v)) return `expected array, got ${describe(v)}`;
     for (let i = 0; i < v.length; i++) {
-      const err = checkAttrValue(v[i], 0);
+      const err = checkAnswerValue(v[i], 0);
       if (err) return `entry ${i}: ${err}`;
     }
     return undefined;
@@ -110,5 +182,5 @@ const resultChecks: Record<ResultKind, Check> = {
   mechinfo: structCheck('mechinfo'),
 };
 
-export const checkArg = (kind: ArgKind, v: unknown): string | undefined => argChecks[kind](v);
+export const checkArg = (kind: ArgKind, v: unknown): Problem | undefined => argChecks[kind](v);
 export const checkResult = (kind: ResultKind, v: unknown): string | undefined => resultChecks[kind](v);

@@ -2,6 +2,7 @@
 // msgpack-c. Integers above 2^32-1 are packed from BigInt as uint64, never
 // as float64, and come back as numbers where they are exact.
 import { Packr } from 'msgpackr';
+import { LIMITS } from './table.js';
 
 // int64AsType 'auto' (numbers where exact, BigInt beyond) exists at run time
 // but not in msgpackr's typings.
@@ -54,7 +55,7 @@ export function peekFirstUint(payload: Uint8Array): number | undefined {
 }
 
 /** Deepest nesting a PKCS#11 payload needs: call, template, nested template, attribute, value, with room to spare. */
-export const MAX_DEPTH = 16;
+export const MAX_DEPTH = LIMITS.maxDepth;
 
 // Per MessagePack type byte: bytes of a fixed-size payload (FIXED), or the
 // width of a length field (LEN_*), or NOT_PROTOCOL (ext types, 0xc1).
@@ -65,7 +66,9 @@ const TYPE = new Int8Array(256).fill(NOT_PROTOCOL);
   const set = (from: number, to: number, v: number) => TYPE.fill(v, from, to + 1);
   set(0x00, 0x7f, FIXED); set(0xe0, 0xff, FIXED); // fixints
   set(0xc0, 0xc0, FIXED); set(0xc2, 0xc3, FIXED); // nil, false, true
-  [[0xcc, 1], [0xcd, 2], [0xce, 4], [0xcf, 8], [0xd0, 1], [0xd1, 2], [0xd2, 4], [0xd3, 8], [0xca, 4], [0xcb, 8]]
+  // Floats (0xca, 0xcb) stay NOT_PROTOCOL: no value of the protocol is one,
+  // and a float 1.0 must not pass where an integer is wanted.
+  [[0xcc, 1], [0xcd, 2], [0xce, 4], [0xcf, 8], [0xd0, 1], [0xd1, 2], [0xd2, 4], [0xd3, 8]]
     .forEach(([t, w]) => (TYPE[t!] = w!));
   [[0xc4, 1], [0xc5, 2], [0xc6, 4], [0xd9, 1], [0xda, 2], [0xdb, 4]].forEach(([t, w]) => (TYPE[t!] = LEN_BYTES + w!));
   [[0xdc, 2], [0xdd, 4]].forEach(([t, w]) => (TYPE[t!] = LEN_ITEMS + w!));
@@ -102,7 +105,11 @@ export function checkStructure(b: Uint8Array, maxDepth = MAX_DEPTH): string | un
     else if (t >= 0x80 && t <= 0x8f) (items = 2 * (t & 0x0f)), (pairs = true);
     else {
       const k = TYPE[t]!;
-      if (k === NOT_PROTOCOL) return t === 0xc1 ? 'MessagePack byte 0xc1 (never used)' : 'MessagePack extension types are not part of the protocol';
+      if (k === NOT_PROTOCOL) {
+        return t === 0xc1 ? 'MessagePack byte 0xc1 (never used)'
+          : t === 0xca || t === 0xcb ? 'MessagePack floats are not part of the protocol'
+          : 'MessagePack extension types are not part of the protocol';
+      }
       if (k < LEN_BYTES) i += k;
       else {
         const w = k % 10;

@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
 import { MECHANISM_TYPES } from '../protocol/table.js';
+import { DEFAULT_LIMITS, type Limits } from './limits.js';
 import type { PortPolicy, TokenGrant } from './policy.js';
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -23,7 +24,8 @@ export interface DaemonConfig {
   maxPayload?: number;
   leaseSeconds?: number;
   maxCallSeconds?: number;
-  maxConnectionsPerPort?: number;
+  /** Bounds on what guests can make the daemon hold; absent keys take their defaults. */
+  limits: Partial<Limits>;
   logLevel?: (typeof LOG_LEVELS)[number];
   executor?: string;
 }
@@ -74,12 +76,33 @@ const port = z.strictObject({
   path: z.string().refine((p) => p.startsWith('/'), { error: 'expected an absolute device path such as /dev/ttyS4' }),
   tokens: z.array(token).optional(),
   readOnly: z.boolean().optional(),
+  initToken: z.boolean().optional(),
   mechanisms: z.array(mechanism).optional(),
 });
 
 const positiveInt = z.number().refine((n) => Number.isSafeInteger(n) && n > 0, { error: 'expected a positive integer' });
 const positiveNumber = z.number().refine((n) => Number.isFinite(n) && n > 0, { error: 'expected a positive number' });
 const nonEmpty = z.string().min(1, { error: 'must not be empty' });
+const intIn = (lo: number, hi: number) =>
+  z.number().refine((n) => Number.isSafeInteger(n) && n >= lo && n <= hi, { error: `expected an integer from ${lo} to ${hi}` });
+
+/** limits.ts, key by key (a key added there without a rule here does not compile). */
+const limitRules: { [K in keyof Limits]: z.ZodType<Limits[K]> } = {
+  maxConnectionsPerPort: intIn(1, 1024),
+  maxExecutors: intIn(1, 4096),
+  executorMemoryMiB: intIn(16, 1 << 20),
+  executorMaxFiles: intIn(16, 1 << 20),
+  executorNice: intIn(0, 19),
+  executorNetwork: z.boolean(),
+  runningCallsPerPort: intIn(1, 1024),
+  maxQueuedOutputBytes: intIn(65536, 2 ** 40),
+  stuckLineMs: intIn(100, 3_600_000),
+  logLinesPerSecond: intIn(1, 1_000_000),
+  badKeyAnswersPerSecond: intIn(0, 1_000_000),
+};
+const limitsSchema = z.strictObject(Object.fromEntries(Object.entries(limitRules).map(([k, r]) => [k, r.optional()])) as {
+  [K in keyof Limits]: z.ZodOptional<z.ZodType<Limits[K]>>
+});
 
 const schema = z.strictObject({
   module: nonEmpty.optional(),
@@ -92,7 +115,7 @@ const schema = z.strictObject({
   maxPayload: positiveInt.optional(),
   leaseSeconds: positiveNumber.optional(),
   maxCallSeconds: positiveNumber.optional(),
-  maxConnectionsPerPort: positiveInt.optional(),
+  limits: limitsSchema.optional(),
   logLevel: z.enum(LOG_LEVELS, { error: `expected one of ${LOG_LEVELS.join(', ')}` }).optional(),
   executor: nonEmpty.optional(),
 });
@@ -102,6 +125,7 @@ const KNOWN_KEYS: Array<[(path: readonly PropertyKey[]) => boolean, readonly str
   [(p) => p.length === 0, Object.keys(schema.shape)],
   [(p) => p.length === 2 && p[0] === 'ports', Object.keys(port.shape)],
   [(p) => p.length === 4 && p[0] === 'ports' && p[2] === 'tokens', ['label', 'serial']],
+  [(p) => p.length === 1 && p[0] === 'limits', Object.keys(DEFAULT_LIMITS)],
 ];
 
 function typeName(v: unknown): string {
@@ -161,13 +185,14 @@ export function parseConfig(data: unknown, file: string): DaemonConfig {
       policy: {
         tokens: p.tokens?.map((t): TokenGrant => ({ ...(t.label !== undefined && { label: t.label }), ...(t.serial !== undefined && { serial: t.serial }) })),
         readOnly: p.readOnly ?? false,
+        initToken: p.initToken ?? false,
         mechanisms: p.mechanisms ? new Set(p.mechanisms) : undefined,
       },
     })),
     maxPayload: c.maxPayload,
     leaseSeconds: c.leaseSeconds,
     maxCallSeconds: c.maxCallSeconds,
-    maxConnectionsPerPort: c.maxConnectionsPerPort,
+    limits: (c.limits ?? {}) as Partial<Limits>,
     logLevel: c.logLevel,
     executor: here(c.executor),
   };

@@ -1,34 +1,46 @@
 // One guest app's connection: its executor (its own PKCS#11 application),
-// the copy of its last response for repeated requests, BUSY signals while a
-// call runs long, and a limit on how long a call may run before the module
-// instance is presumed hung and terminated.
+// its key, the copy of its last response for repeated requests, BUSY signals
+// while a call waits or runs, and a limit on how long a call may run before
+// the module instance is presumed hung and terminated. One call at a time:
+// a client waits for each answer, so a second request while one is in
+// flight is refused rather than queued.
 import { encodeFrame, FrameType } from '../protocol/frame.js';
 import { pack, peekFirstUint } from '../protocol/msgpack.js';
 import { callById, rvName } from '../protocol/table.js';
-import type { Logger } from '../log.js';
+import { CKR } from '../protocol/errors.js';
 import type { Executor } from './executor.js';
 import type { CallGate } from './policy.js';
+import type { PortServer } from './port-server.js';
 
 export const BUSY_INTERVAL_MS = 1000;
 
 export class Connection {
   private lastReq = 0;
   private lastResponse: Buffer | undefined;
-  private readonly inflight = new Set<number>();
+  private inflight: number | undefined;
+  /** The call in flight, for close() to let it finish first. */
+  private current: Promise<void> | undefined;
+  private closed = false;
   lastSeen = Date.now();
   calls = 0;
+  /** Whether a request with the right key has come: a HELLO repeated after that never replaces it. */
+  proven = false;
 
   constructor(
     readonly id: number,
-    readonly portPath: string,
+    /** The secret every request of this connection carries (HELLO_OK gave it to the app only). */
+    readonly key: number,
+    readonly port: PortServer,
     readonly executor: Executor,
     readonly maxPayload: number,
-    private readonly send: (frame: Buffer) => void,
-    private readonly log: Logger,
     private readonly maxCallMs: number = 10 * 60_000,
     /** The port's policy, if it has one: sees every CALL before the executor does. */
     private readonly gate?: CallGate,
   ) {}
+
+  get portPath(): string {
+    return this.port.path;
+  }
 
   /** Keeps an idle connection from expiring (PING, or any call). */
   touch(): void {
@@ -36,22 +48,23 @@ export class Connection {
   }
 
   get idle(): boolean {
-    return this.inflight.size === 0;
+    return this.inflight === undefined;
   }
 
-  /** Repeats of requests answered from the copy or ignored (never run twice), and stale requests dropped. */
-  readonly retryStats = { replayed: 0, runningRepeats: 0, stale: 0 };
+  /** Repeats of requests answered from the copy or ignored (never run twice), stale requests dropped, parallel ones refused. */
+  readonly retryStats = { replayed: 0, runningRepeats: 0, stale: 0, parallel: 0 };
 
   async handleCall(req: number, payload: Buffer): Promise<void> {
     this.lastSeen = Date.now();
+    const log = this.port.log;
     if (req === this.lastReq && this.lastResponse) {
       // A retry of a request that was answered: answer again, never rerun.
       this.retryStats.replayed++;
-      this.log.debug({ conn: this.id, req }, 'repeated request answered from the copy');
-      this.send(this.lastResponse);
+      log.debug({ conn: this.id, req }, 'repeated request answered from the copy');
+      this.port.send(this.lastResponse);
       return;
     }
-    if (this.inflight.has(req)) {
+    if (this.inflight === req) {
       // A retry of one still running: its answer comes when the run ends.
       this.retryStats.runningRepeats++;
       return;
@@ -60,44 +73,75 @@ export class Connection {
       // An older request (a copy the line duplicated and delayed, or a retry
       // the client has given up on): its answer was superseded; never run it.
       this.retryStats.stale++;
-      this.log.debug({ conn: this.id, req, lastReq: this.lastReq }, 'stale request dropped');
+      log.debug({ conn: this.id, req, lastReq: this.lastReq }, 'stale request dropped');
       return;
     }
-    this.inflight.add(req);
+    if (this.closed) {
+      this.port.sendError(this.id, req, CKR.DEVICE_REMOVED, `connection ${this.id} is closing`, 'signal');
+      return;
+    }
+    if (this.inflight !== undefined) {
+      // A client that gave up on a call (or ignores the protocol) while it
+      // still runs: one call at a time per connection.
+      this.retryStats.parallel++;
+      log.info({ conn: this.id, req, running: this.inflight }, 'request refused: another call of the connection is running');
+      this.port.sendError(this.id, req, CKR.DEVICE_ERROR,
+        `request ${req} refused: request ${this.inflight} of this connection is still running (one call at a time per connection)`, 'signal');
+      return;
+    }
+    this.inflight = req;
+    this.current = this.run(req, payload);
+    await this.current;
+  }
+
+  /**
+   * Ends the connection: a call already in flight runs to its end (its
+   * request reached the executor before the BYE did), then the executor
+   * finalizes the module and exits. Until it has, it counts against the
+   * port's limit (the daemon counts executors, not connections).
+   */
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.current;
+    await this.executor.close();
+  }
+
+  private async run(req: number, payload: Buffer): Promise<void> {
+    const log = this.port.log;
     const id = peekFirstUint(payload);
     const name = (id !== undefined && callById(id)?.name) || `call ${id}`;
-    const started = process.hrtime.bigint();
-    const busy = setInterval(() => this.send(encodeFrame(FrameType.Busy, this.id, req)), BUSY_INTERVAL_MS);
-    const hung = setTimeout(() => {
-      this.log.error({ conn: this.id, req, fn: name, limitMs: this.maxCallMs }, 'call exceeded the time limit; terminating the module instance');
-      this.executor.kill();
-    }, this.maxCallMs);
+    const queued = process.hrtime.bigint();
+    const busy = setInterval(() => this.port.send(encodeFrame(FrameType.Busy, this.id, req), 'signal'), BUSY_INTERVAL_MS);
+    let hung: NodeJS.Timeout | undefined;
     try {
-      const reply = this.gate
-        ? await this.gate.run(payload, (p) => this.executor.call(p), { conn: this.id, req })
-        : await this.executor.call(payload);
+      // The port's calls take turns (runningCallsPerPort); BUSY covers the wait.
+      const reply = await this.port.calls.runExclusive(() => {
+        hung = setTimeout(() => {
+          log.error({ conn: this.id, req, fn: name, limitMs: this.maxCallMs }, 'call exceeded the time limit; terminating the module instance');
+          this.executor.kill();
+        }, this.maxCallMs);
+        return this.gate
+          ? this.gate.run(payload, (p) => this.executor.call(p), { conn: this.id, req, log })
+          : this.executor.call(payload);
+      });
       let frame: Buffer;
-      const ms = Number(process.hrtime.bigint() - started) / 1e6;
+      const ms = Number(process.hrtime.bigint() - queued) / 1e6;
       if (reply.ok) {
         frame = encodeFrame(FrameType.Result, this.id, req, reply.payload);
         const rv = peekFirstUint(reply.payload);
-        this.log.debug({ conn: this.id, req, fn: name, rv: rv === undefined ? undefined : rvName(rv), ms }, 'call');
+        log.debug({ conn: this.id, req, fn: name, rv: rv === undefined ? undefined : rvName(rv), ms }, 'call');
       } else {
         frame = encodeFrame(FrameType.Error, this.id, req, pack({ rv: reply.rv, message: reply.message }));
-        this.log.warn({ conn: this.id, req, fn: name, rv: rvName(reply.rv), err: reply.message, ms }, 'call refused');
+        log.warn({ conn: this.id, req, fn: name, rv: rvName(reply.rv), err: reply.message, ms }, 'call refused');
       }
       this.calls++;
-      // Keep the copy until a later request has been answered (a slow run
-      // finishing after a newer one must not take the copy back).
-      if (this.lastReq === 0 || !isBefore(req, this.lastReq)) {
-        this.lastReq = req;
-        this.lastResponse = frame;
-      }
-      this.send(frame);
+      this.lastReq = req;
+      this.lastResponse = frame;
+      this.port.send(frame);
     } finally {
       clearInterval(busy);
       clearTimeout(hung);
-      this.inflight.delete(req);
+      this.inflight = undefined;
       this.lastSeen = Date.now();
     }
   }

@@ -1,17 +1,22 @@
 // The trusted VM's daemon: loads nothing itself; it probes the module once,
 // then serves every port at once and gives each guest app (connection) an
-// executor process of its own.
+// executor process of its own. Every connection has a key that only the app
+// that opened it learned (in HELLO_OK); a request without it is treated as
+// one for a connection that does not exist, so no process on a guest port
+// can act in another's connection by guessing or reading its id.
 import { randomInt } from 'node:crypto';
-import { encodeFrame, DEFAULT_MAX_PAYLOAD, FrameType, type Frame } from '../protocol/frame.js';
+import { encodeFrame, FrameType, type Frame } from '../protocol/frame.js';
 import { CKR } from '../protocol/errors.js';
 import { helloSchema, negotiateVersion, SUPPORTED_VERSIONS, type HelloOk } from '../protocol/handshake.js';
 import { pack, unpack, unpackUntrusted } from '../protocol/msgpack.js';
-import { callByName, rvName, PROTOCOL_VERSION } from '../protocol/table.js';
+import { callByName, LIMITS, rvName, PROTOCOL_VERSION } from '../protocol/table.js';
 import { openSerial, type ByteLink } from '../transport/server-port.js';
 import { defaultExecutorPath } from '../paths.js';
 import type { Logger } from '../log.js';
 import { Connection } from './connection.js';
-import { Executor } from './executor.js';
+import { Executor, type ExecutorLimits } from './executor.js';
+import { printable } from './guest-log.js';
+import { withDefaults, type Limits } from './limits.js';
 import { PortServer } from './port-server.js';
 import { describePolicy, isRestrictive, PolicyEnforcer, TokenProbe, type PortPolicy } from './policy.js';
 import { VERSION } from '../version.js';
@@ -22,12 +27,13 @@ export interface DaemonOptions {
   log: Logger;
   maxPayload?: number;
   executor?: string;
-  maxConnectionsPerPort?: number;
+  /** Bounds on what guests can make the daemon hold (limits.ts); the rest take their defaults. */
+  limits?: Partial<Limits>;
   /** A connection silent for this long (no call, no PING) is closed. Default 10 minutes. */
   leaseMs?: number;
   /** A call running longer is presumed hung: its module instance is terminated. Default 10 minutes. */
   maxCallMs?: number;
-  /** Policy per port path (from the config file); a port without one is unrestricted. */
+  /** Policy per port path (from the config file); a port without one is unrestricted but for token initialisation. */
   policies?: ReadonlyMap<string, PortPolicy>;
   /** Opens a port; tests may pass their own. */
   open?: (path: string) => Promise<ByteLink>;
@@ -36,50 +42,67 @@ export interface DaemonOptions {
 export interface ModuleDescription {
   info: unknown[];
   functions: number[];
+  /** What the executor's confinement put in force (exec_sandbox.c), e.g. "no-core ... seccomp". */
+  sandbox: string;
 }
 
 const HELLO_REPLAY_MS = 60_000;
 export const DEFAULT_LEASE_MS = 10 * 60_000;
+const NO_POLICY: PortPolicy = { readOnly: false };
+
+interface HelloSeen {
+  conn: number;
+  at: number;
+}
 
 export class Daemon {
   private readonly ports: PortServer[] = [];
   private readonly conns = new Map<number, Connection>();
-  private readonly helloReplies = new Map<string, { frame: Buffer; at: number }>();
+  /** HELLO nonces of the last minute per port, with the connection each one opened. */
+  private readonly hellos = new Map<string, HelloSeen>();
+  /** Executors per port and in all, counted from spawn until they have exited. */
+  private readonly executorsByPort = new Map<string, number>();
+  private executorsInAll = 0;
+  /** Answers to requests with a wrong key or unknown connection this second, per port. */
+  private readonly badKeyBudget = new Map<string, { second: number; answered: number }>();
   private stopping = false;
   private readonly maxPayload: number;
   private readonly executable: string;
   private readonly leaseMs: number;
+  readonly limits: Limits;
   private readonly sweeper: NodeJS.Timeout;
-  /** Policy enforcement by port path, for ports whose policy restricts something. */
+  /** Policy enforcement by port path. */
   private readonly gates = new Map<string, PolicyEnforcer>();
   /** Which token is in which slot, for token grants; its executor starts on first need. */
   private readonly probe: TokenProbe;
 
-  private constructor(private readonly opts: DaemonOptions, readonly module: ModuleDescription) {
-    this.maxPayload = opts.maxPayload ?? DEFAULT_MAX_PAYLOAD;
+  private constructor(private readonly opts: DaemonOptions, readonly module: ModuleDescription, limits: Limits) {
+    this.limits = limits;
+    this.maxPayload = opts.maxPayload ?? LIMITS.defaultMaxPayload;
     this.executable = opts.executor ?? defaultExecutorPath();
     this.leaseMs = opts.leaseMs ?? DEFAULT_LEASE_MS;
     this.sweeper = setInterval(() => this.expireIdle(), Math.min(5000, Math.max(100, this.leaseMs / 4)));
     this.sweeper.unref();
-    this.probe = new TokenProbe({ executable: this.executable, module: opts.module, maxPayload: this.maxPayload, log: opts.log });
+    this.probe = new TokenProbe({ executable: this.executable, module: opts.module, maxPayload: this.maxPayload, log: opts.log, limits: executorLimits(limits) });
     for (const path of opts.ports) {
-      const policy = opts.policies?.get(path);
-      if (!isRestrictive(policy)) continue;
+      const policy = opts.policies?.get(path) ?? NO_POLICY;
       this.gates.set(path, new PolicyEnforcer(path, policy, () => this.probe, opts.log));
-      opts.log.info({ port: path, ...describePolicy(policy) }, 'port policy');
+      if (policy.initToken === true || isRestrictive(policy)) opts.log.info({ port: path, ...describePolicy(policy) }, 'port policy');
     }
   }
 
   static async start(opts: DaemonOptions): Promise<Daemon> {
     if (opts.ports.length === 0) throw new Error('no serial ports to serve (none of /dev/ttyS4../dev/ttyS9 exists; name them with --port)');
+    const limits = withDefaults(opts.limits);
     const executable = opts.executor ?? defaultExecutorPath();
-    const module = await probeModule(executable, opts.module, opts.maxPayload ?? DEFAULT_MAX_PAYLOAD);
-    const daemon = new Daemon(opts, module);
+    const module = await probeModule(executable, opts.module, opts.maxPayload ?? LIMITS.defaultMaxPayload, executorLimits(limits));
+    const daemon = new Daemon(opts, module, limits);
+    opts.log.info({ sandbox: module.sandbox, ...limits }, 'executor confinement and limits');
     const open = opts.open ?? ((p: string) => openSerial(p));
     try {
       for (const path of opts.ports) {
         const link = await open(path);
-        daemon.ports.push(new PortServer(link, daemon.maxPayload, daemon.handlers, opts.log));
+        daemon.ports.push(new PortServer(link, daemon.maxPayload, daemon.handlers, opts.log, limits));
       }
     } catch (e) {
       await Promise.all(daemon.ports.map((p) => p.link.close()));
@@ -92,10 +115,17 @@ export class Daemon {
     return this.conns.size;
   }
 
-  stats(): Array<{ port: string; connections: number } & PortServer['stats']> {
+  /** Executors running or still finishing, in all. */
+  get executorCount(): number {
+    return this.executorsInAll;
+  }
+
+  stats(): Array<{ port: string; connections: number; executors: number; queuedBytes: number } & PortServer['stats']> {
     return this.ports.map((p) => ({
       port: p.path,
-      connections: [...this.conns.values()].filter((c) => c.portPath === p.path).length,
+      connections: [...this.conns.values()].filter((c) => c.port === p).length,
+      executors: this.executorsByPort.get(p.path) ?? 0,
+      queuedBytes: p.queuedBytes,
       ...p.stats,
     }));
   }
@@ -108,11 +138,13 @@ export class Daemon {
     while ([...this.conns.values()].some((c) => !c.idle) && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 20));
     }
-    await Promise.all([...this.conns.values()].map((c) => c.executor.close()));
+    const closing = [...this.conns.values()];
     this.conns.clear();
+    await Promise.all(closing.map((c) => c.executor.close()));
     await this.probe.close();
     await Promise.all(this.ports.map(async (p) => {
-      await p.drain();
+      await Promise.race([p.drain(), new Promise((r) => setTimeout(r, 2000))]);
+      p.close();
       await p.link.close();
     }));
   }
@@ -124,14 +156,48 @@ export class Daemon {
     ping: (port: PortServer, f: Frame) => this.onPing(port, f),
   };
 
+  /**
+   * The connection a request is for, if its key is right. A request for no
+   * connection and one with a wrong key get the same answer (or, over the
+   * port's budget, none), so an answer tells a guesser nothing.
+   */
+  private authenticate(port: PortServer, f: Frame, what: string): Connection | undefined {
+    const conn = this.conns.get(f.conn);
+    if (conn && conn.port === port && conn.key === f.key) {
+      conn.proven = true;
+      return conn;
+    }
+    if (conn) {
+      port.stats.badKeys++;
+      port.log.warn({ conn: f.conn, req: f.req, frame: what }, 'request with a wrong connection key refused');
+    } else {
+      port.log.info({ conn: f.conn, req: f.req, frame: what }, 'request for an unknown connection');
+    }
+    return undefined;
+  }
+
+  /** Whether a refusal may still be answered this second on this port. */
+  private mayAnswerRefusal(port: PortServer): boolean {
+    const second = Math.floor(Date.now() / 1000);
+    let b = this.badKeyBudget.get(port.path);
+    if (!b || b.second !== second) this.badKeyBudget.set(port.path, (b = { second, answered: 0 }));
+    return b.answered++ < this.limits.badKeyAnswersPerSecond;
+  }
+
+  private unknownConnection(port: PortServer, f: Frame): void {
+    if (!this.mayAnswerRefusal(port)) return;
+    port.sendError(f.conn, f.req, CKR.DEVICE_REMOVED,
+      `unknown connection ${f.conn} (the server restarted or the connection was closed or expired); start a new connection`, 'signal');
+  }
+
   private onPing(port: PortServer, f: Frame): void {
     // PING on connection 0 only asks whether the server is there.
     if (f.conn !== 0) {
-      const conn = this.conns.get(f.conn);
-      if (!conn || conn.portPath !== port.path) return this.unknownConnection(port, f);
+      const conn = this.authenticate(port, f, 'PING');
+      if (!conn) return this.unknownConnection(port, f);
       conn.touch();
     }
-    port.send(encodeFrame(FrameType.Pong, f.conn, f.req));
+    port.send(encodeFrame(FrameType.Pong, f.conn, f.req), 'signal');
   }
 
   /** Closes connections whose app went quiet past the lease (killed, VM rebooted). */
@@ -143,107 +209,151 @@ export class Daemon {
       this.opts.log.info({ port: conn.portPath, conn: id, idleMs: now - conn.lastSeen, calls: conn.calls }, 'connection expired');
       void conn.executor.close();
     }
-  }
-
-  private unknownConnection(port: PortServer, f: Frame): void {
-    port.sendError(f.conn, f.req, CKR.DEVICE_REMOVED,
-      `unknown connection ${f.conn} (the server restarted or the connection was closed or expired); start a new connection`);
+    for (const [k, v] of this.hellos) if (now - v.at > HELLO_REPLAY_MS) this.hellos.delete(k);
   }
 
   private async onHello(port: PortServer, f: Frame): Promise<void> {
-    const log = this.opts.log;
-    const key = `${port.path}:${f.req}`;
-    this.expireHelloReplies();
-    const replay = this.helloReplies.get(key);
-    if (replay) return port.send(replay.frame);
-    if (this.stopping) return port.sendError(0, f.req, CKR.DEVICE_ERROR, 'server is shutting down');
-
+    if (this.stopping) return port.sendError(0, f.req, CKR.DEVICE_ERROR, 'server is shutting down', 'signal');
     let hello;
     try {
       hello = helloSchema.parse(unpackUntrusted(f.payload));
     } catch (e) {
-      return port.sendError(0, f.req, CKR.DEVICE_ERROR, `malformed HELLO: ${(e as Error).message.slice(0, 300)}`);
+      port.log.info({ req: f.req }, 'malformed HELLO');
+      const issue = (e as { issues?: Array<{ message: string; path: PropertyKey[] }> }).issues?.[0];
+      const why = issue ? `${issue.path.join('.') || 'payload'}: ${issue.message}` : (e as Error).message;
+      return port.sendError(0, f.req, CKR.DEVICE_ERROR, `malformed HELLO: ${why.slice(0, 300)}`, 'signal');
     }
+    const client = printable(hello.client ?? '', 100);
     const version = negotiateVersion(SUPPORTED_VERSIONS, hello.versions);
     if (version === undefined) {
-      log.warn({ port: port.path, client: hello.client, versions: hello.versions }, 'protocol version mismatch');
+      port.log.warn({ client, versions: hello.versions }, 'protocol version mismatch');
       return port.sendError(0, f.req, CKR.DEVICE_ERROR,
-        `protocol version mismatch: this server speaks ${SUPPORTED_VERSIONS.join('..')}, the client offered ${hello.versions.join('..')}`);
+        `protocol version mismatch: this server speaks ${SUPPORTED_VERSIONS.join('..')}, the client offered ${hello.versions.join('..')}`, 'signal');
     }
-    const perPort = [...this.conns.values()].filter((c) => c.portPath === port.path).length;
-    if (perPort >= (this.opts.maxConnectionsPerPort ?? 32)) {
-      return port.sendError(0, f.req, CKR.DEVICE_ERROR, `too many connections on ${port.path} (${perPort})`);
+
+    // A repeated HELLO (the answer was lost, so the app sends it again) gets a
+    // new connection with a new key; the earlier one is closed if its app
+    // never used it. A nonce whose connection is in use is never served again.
+    const nonceKey = `${port.path}:${f.req}`;
+    const seen = this.hellos.get(nonceKey);
+    if (seen && Date.now() - seen.at <= HELLO_REPLAY_MS) {
+      const earlier = this.conns.get(seen.conn);
+      if (earlier?.proven) {
+        port.log.warn({ req: f.req, conn: seen.conn, client }, 'HELLO repeats the nonce of a connection in use: refused');
+        return port.sendError(0, f.req, CKR.DEVICE_ERROR, 'this HELLO nonce opened a connection that is in use; send a HELLO with a new nonce', 'signal');
+      }
+      if (earlier) this.closeConnection(earlier, 'replaced by a repeated HELLO');
+    }
+
+    const perPort = this.executorsByPort.get(port.path) ?? 0;
+    if (perPort >= this.limits.maxConnectionsPerPort || this.executorsInAll >= this.limits.maxExecutors) {
+      const where = perPort >= this.limits.maxConnectionsPerPort ? `on ${port.path} (${perPort} of ${this.limits.maxConnectionsPerPort})` : `on this server (${this.executorsInAll} of ${this.limits.maxExecutors})`;
+      port.log.warn({ client, perPort, inAll: this.executorsInAll }, 'connection refused: too many connections');
+      return port.sendError(0, f.req, CKR.DEVICE_ERROR, `too many connections ${where}; close unused ones (C_Finalize) and try again`, 'signal');
     }
 
     const id = this.newConnectionId();
+    const key = randomInt(1, 0x100000000);
     const maxPayload = Math.min(this.maxPayload, hello.maxPayload);
-    const executor = new Executor({ executable: this.executable, module: this.opts.module, maxPayload });
-    const conn = new Connection(id, port.path, executor, maxPayload, (frame) => port.send(frame), log, this.opts.maxCallMs, this.gates.get(port.path));
+    const executor = new Executor({
+      executable: this.executable, module: this.opts.module, maxPayload, limits: executorLimits(this.limits),
+      onStderr: (line) => port.log.warn({ conn: id, line }, 'executor stderr'),
+    });
+    this.countExecutor(port.path, executor);
+    this.hellos.set(nonceKey, { conn: id, at: Date.now() });
+    if (!(await executor.started)) {
+      // EMFILE, EAGAIN, a missing executor: this app is refused; the daemon and its other apps go on.
+      const why = executor.ending?.info ?? 'cannot start executor';
+      port.log.error({ client, err: why }, 'connection refused: cannot start an executor');
+      return port.sendError(0, f.req, CKR.DEVICE_ERROR, `the server cannot start a module instance for this app now (${why}); try again later`, 'signal');
+    }
+    const conn = new Connection(id, key, port, executor, maxPayload, this.opts.maxCallMs, this.gates.get(port.path));
     this.conns.set(id, conn);
     void executor.exited.then(() => {
-      if (this.conns.get(id) === conn) {
-        this.conns.delete(id);
-        log.warn({ port: port.path, conn: id }, 'executor ended unexpectedly; connection closed');
-      }
+      if (this.conns.get(id) !== conn) return;
+      this.conns.delete(id);
+      const e = executor.ending;
+      port.log.warn({ conn: id, exit: e?.info, code: e?.code, signal: e?.signal }, 'executor ended unexpectedly; connection closed');
     });
     const ok: HelloOk = {
       version,
       maxPayload,
       leaseMs: this.leaseMs,
       server: `p11bridge/${VERSION}`,
+      key,
       module: { info: this.module.info, functions: this.module.functions },
     };
-    const frame = encodeFrame(FrameType.HelloOk, id, f.req, pack(ok));
-    this.helloReplies.set(key, { frame, at: Date.now() });
-    log.info({ port: port.path, conn: id, client: hello.client, version, maxPayload, executorPid: executor.pid }, 'connection opened');
-    port.send(frame);
+    port.log.info({ conn: id, client, version, maxPayload, executorPid: executor.pid }, 'connection opened');
+    port.send(encodeFrame(FrameType.HelloOk, id, f.req, pack(ok)));
   }
 
   private onCall(port: PortServer, f: Frame): void {
-    const conn = this.conns.get(f.conn);
-    if (!conn || conn.portPath !== port.path) return this.unknownConnection(port, f);
+    const conn = this.authenticate(port, f, 'CALL');
+    if (!conn) return this.unknownConnection(port, f);
     void conn.handleCall(f.req, f.payload);
   }
 
   private async onBye(port: PortServer, f: Frame): Promise<void> {
-    const conn = this.conns.get(f.conn);
-    if (conn && conn.portPath === port.path) {
-      this.conns.delete(f.conn);
-      await conn.executor.close();
-      this.opts.log.info({ port: port.path, conn: f.conn, calls: conn.calls, ...conn.retryStats }, 'connection closed');
+    const conn = this.authenticate(port, f, 'BYE');
+    if (conn) {
+      this.closeConnection(conn, 'closed');
+      await conn.close();
+    } else if (!this.mayAnswerRefusal(port)) {
+      return;
     }
-    port.send(encodeFrame(FrameType.ByeOk, f.conn, f.req));
+    // BYE_OK whether or not the connection existed: a repeated BYE is harmless.
+    port.send(encodeFrame(FrameType.ByeOk, f.conn, f.req), 'signal');
+  }
+
+  private closeConnection(conn: Connection, why: string): void {
+    if (this.conns.get(conn.id) !== conn) return;
+    this.conns.delete(conn.id);
+    conn.port.log.info({ conn: conn.id, calls: conn.calls, ...conn.retryStats }, `connection ${why}`);
+    void conn.close();
+  }
+
+  /** Counts an executor against its port and the daemon until it has exited (not just until its connection ended). */
+  private countExecutor(path: string, executor: Executor): void {
+    this.executorsByPort.set(path, (this.executorsByPort.get(path) ?? 0) + 1);
+    this.executorsInAll++;
+    void executor.exited.then(() => {
+      this.executorsByPort.set(path, (this.executorsByPort.get(path) ?? 1) - 1);
+      this.executorsInAll--;
+    });
   }
 
   private newConnectionId(): number {
     for (;;) {
-      const id = randomInt(1, 0xffffffff);
+      const id = randomInt(1, 0x100000000);
       if (!this.conns.has(id)) return id;
     }
   }
-
-  private expireHelloReplies(): void {
-    const now = Date.now();
-    for (const [k, v] of this.helloReplies) if (now - v.at > HELLO_REPLAY_MS) this.helloReplies.delete(k);
-  }
 }
 
-/** Loads the module once in a throw-away executor: its C_GetInfo and function list. */
-export async function probeModule(executable: string, module: string, maxPayload: number): Promise<ModuleDescription> {
-  const ex = new Executor({ executable, module, maxPayload });
+export const executorLimits = (l: Limits): ExecutorLimits => ({
+  memoryMiB: l.executorMemoryMiB,
+  maxFiles: l.executorMaxFiles,
+  nice: l.executorNice,
+  allowNetwork: l.executorNetwork,
+});
+
+/** Loads the module once in a throw-away executor: its C_GetInfo, function list and the executor's confinement. */
+export async function probeModule(executable: string, module: string, maxPayload: number, limits?: ExecutorLimits): Promise<ModuleDescription> {
+  const stderr: string[] = [];
+  const ex = new Executor({ executable, module, maxPayload, limits, onStderr: (l) => stderr.length < 20 && stderr.push(l) });
   try {
     const ask = async (payload: unknown[]): Promise<unknown[]> => {
       const reply = await ex.call(pack(payload));
-      if (!reply.ok) throw new Error(`cannot load PKCS#11 module ${module}: ${reply.message}`);
+      if (!reply.ok) throw new Error(`cannot load PKCS#11 module ${module}: ${reply.message}${stderr.length ? `: ${stderr.join(' | ')}` : ''}`);
       const v = unpack(reply.payload) as unknown[];
       if (v[0] !== CKR.OK) throw new Error(`PKCS#11 module ${module}: ${rvName(v[0] as number)} while probing`);
       return v;
     };
-    const [, functions] = await ask([0]);
+    const [, functions, sandbox] = await ask([0]);
     await ask([callByName('C_Initialize').id]);
     const [, info] = await ask([callByName('C_GetInfo').id]);
     await ask([callByName('C_Finalize').id]);
-    return { info: info as unknown[], functions: functions as number[] };
+    return { info: info as unknown[], functions: functions as number[], sandbox: typeof sandbox === 'string' ? sandbox : '' };
   } finally {
     await ex.close();
   }

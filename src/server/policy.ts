@@ -9,10 +9,11 @@
 // list of calls a read-only port refuses is written out, because it is policy.
 import { decodeCall, decodeResult, encodeCall, encodeResult, ProtocolError } from '../protocol/codec.js';
 import { CKR } from '../protocol/errors.js';
-import { pack } from '../protocol/msgpack.js';
+import { pack, peekFirstUint } from '../protocol/msgpack.js';
 import { CALLS, callByName, RV, rvName, STRUCTS, type CallSpec } from '../protocol/table.js';
 import type { Logger } from '../log.js';
-import { Executor, type ExecutorReply } from './executor.js';
+import type { LineLog } from './guest-log.js';
+import { Executor, type ExecutorLimits, type ExecutorReply } from './executor.js';
 
 /** A token a port may see: every field given must match (label and serial as in CK_TOKEN_INFO, without the padding). */
 export interface TokenGrant {
@@ -21,6 +22,8 @@ export interface TokenGrant {
 }
 
 export interface PortPolicy {
+  /** Whether the port may initialize tokens (C_InitToken); off unless the config turns it on. */
+  readonly initToken?: boolean;
   /** Tokens the port may see; undefined: all. */
   readonly tokens?: readonly TokenGrant[];
   /** The port may not change any token (no RW sessions, no token objects, no PIN or token initialisation). */
@@ -29,7 +32,7 @@ export interface PortPolicy {
   readonly mechanisms?: ReadonlySet<bigint>;
 }
 
-/** Whether a policy restricts anything (an unrestricted port is served without decoding its calls). */
+/** Whether a policy restricts anything it must decode calls for (token initialisation is judged by the call id alone). */
 export const isRestrictive = (p: PortPolicy | undefined): p is PortPolicy =>
   p !== undefined && (p.tokens !== undefined || p.readOnly || p.mechanisms !== undefined);
 
@@ -44,6 +47,7 @@ const CKR_TOKEN_WRITE_PROTECTED = rv('CKR_TOKEN_WRITE_PROTECTED');
 const CKR_BUFFER_TOO_SMALL = rv('CKR_BUFFER_TOO_SMALL');
 const CKR_CRYPTOKI_ALREADY_INITIALIZED = rv('CKR_CRYPTOKI_ALREADY_INITIALIZED');
 const CKA_TOKEN = 0x1n;
+const C_INIT_TOKEN = callByName('C_InitToken').id;
 const CKF_RW_SESSION = 0x2n;
 const CKF_TOKEN_INITIALIZED = 0x400n;
 
@@ -115,24 +119,20 @@ for (const name of READ_ONLY_REFUSED) callByName(name); // a typo in the policy 
 /** A CK_ULONG off the wire as a bigint (the values were checked by decodeCall/decodeResult). */
 const big = (v: unknown): bigint => (typeof v === 'bigint' ? v : BigInt(v as number));
 
-/** Whether a template (or a template nested in it) sets CKA_TOKEN to anything but false. */
+/**
+ * Whether a template (or a template nested in it) sets CKA_TOKEN true.
+ * decodeCall has typed every value by its attribute's kind, so CKA_TOKEN is
+ * a boolean or nil (NULL, which the module refuses) and nothing else.
+ */
 export function makesTokenObject(template: unknown): boolean {
   if (!Array.isArray(template)) return false;
   for (const entry of template) {
     if (!Array.isArray(entry)) continue; // an element of a CK_ULONG array value
     const [type, value] = entry as [unknown, unknown];
-    if (big(type) === CKA_TOKEN && truthy(value)) return true;
+    if (big(type) === CKA_TOKEN && value === true) return true;
     if (Array.isArray(value) && makesTokenObject(value)) return true;
   }
   return false;
-}
-
-/** CK_TRUE in any encoding the executor would pass on: true, a non-zero integer, bytes with a non-zero byte. */
-function truthy(v: unknown): boolean {
-  if (typeof v === 'boolean') return v;
-  if (typeof v === 'number' || typeof v === 'bigint') return big(v) !== 0n;
-  if (v instanceof Uint8Array) return v.some((b) => b !== 0);
-  return false; // nil (NULL): the module refuses it
 }
 
 // ---------------------------------------------------------------- the token probe
@@ -153,6 +153,7 @@ export interface TokenProbeOptions {
   minRefreshMs?: number;
   /** A probe taking longer is presumed hung: its executor is killed and nothing is visible. Default 30 s. */
   timeoutMs?: number;
+  limits?: ExecutorLimits;
 }
 
 const TOKENINFO = STRUCTS.tokeninfo.fields.map((f) => f.name);
@@ -239,7 +240,10 @@ export class TokenProbe {
 
   private async ask(): Promise<Map<string, TokenId>> {
     if (!this.executor?.alive) {
-      this.executor = new Executor({ executable: this.opts.executable, module: this.opts.module, maxPayload: this.opts.maxPayload });
+      this.executor = new Executor({
+        executable: this.opts.executable, module: this.opts.module, maxPayload: this.opts.maxPayload, limits: this.opts.limits,
+        onStderr: (line) => this.opts.log.warn({ line }, 'policy probe executor stderr'),
+      });
       this.initialized = false;
     }
     const ex = this.executor;
@@ -275,6 +279,8 @@ export class TokenProbe {
 export interface CallContext {
   conn: number;
   req: number;
+  /** The port's rate-limited log for what its guests cause (denials). */
+  log?: LineLog;
 }
 
 /** Runs a CALL payload on the app's executor. */
@@ -294,21 +300,29 @@ export class PolicyEnforcer implements CallGate {
   ) {}
 
   async run(payload: Buffer, execute: Execute, ctx: CallContext): Promise<ExecutorReply> {
+    // Token initialisation is off unless the port's config allows it: a guest
+    // that creates tokens slows every app's C_Initialize and the token probe.
+    if (!this.policy.initToken && peekFirstUint(payload) === C_INIT_TOKEN) {
+      (ctx.log ?? this.log).warn({ port: this.port, conn: ctx.conn, req: ctx.req, fn: 'C_InitToken', rv: 'CKR_TOKEN_WRITE_PROTECTED', reason: 'token initialisation is off on this port (initToken)' }, 'call denied by policy');
+      return { ok: true, payload: pack([CKR_TOKEN_WRITE_PROTECTED]) };
+    }
+    if (!isRestrictive(this.policy)) return execute(payload);
     let call: { spec: CallSpec; args: unknown[] };
     try {
       call = decodeCall(payload);
     } catch (e) {
       // Fail closed: what the policy cannot read does not reach the module
       // (an unknown call id is CKR_FUNCTION_NOT_SUPPORTED, as from the executor).
-      return e instanceof ProtocolError
-        ? { ok: false, rv: e.rv, message: e.message }
-        : { ok: false, rv: CKR.ARGUMENTS_BAD, message: String(e) };
+      if (!(e instanceof ProtocolError)) return { ok: false, rv: CKR.ARGUMENTS_BAD, message: String(e) };
+      // A refused argument is the call's answer, as the executor gives it.
+      return e.refusal ? { ok: true, payload: pack([e.rv]) } : { ok: false, rv: e.rv, message: e.message };
     }
     const { spec, args } = call;
     const plan = PLANS.get(spec.id)!;
     const { tokens, mechanisms, readOnly } = this.policy;
+    const log = ctx.log ?? this.log;
     const deny = (code: number, reason: string): ExecutorReply => {
-      this.log.warn({ port: this.port, conn: ctx.conn, req: ctx.req, fn: spec.name, rv: rvName(code), reason }, 'call denied by policy');
+      log.warn({ port: this.port, conn: ctx.conn, req: ctx.req, fn: spec.name, rv: rvName(code), reason }, 'call denied by policy');
       return { ok: true, payload: encodeResult(spec, code) };
     };
 
@@ -361,7 +375,7 @@ export class PolicyEnforcer implements CallGate {
     for (const i of slotResults) {
       const [ok] = await this.granted([results[i]]);
       if (!ok) {
-        this.log.debug({ port: this.port, conn: ctx.conn, req: ctx.req, fn: spec.name }, 'slot event of a token not granted to this port hidden');
+        log.debug({ port: this.port, conn: ctx.conn, req: ctx.req, fn: spec.name }, 'slot event of a token not granted to this port hidden');
         return { ok: true, payload: encodeResult(spec, CKR.NO_EVENT) };
       }
     }
@@ -377,7 +391,7 @@ export class PolicyEnforcer implements CallGate {
       kept = all.filter((m) => mechanisms!.has(big(m)));
     }
     if (kept.length !== all.length) {
-      this.log.debug({ port: this.port, conn: ctx.conn, req: ctx.req, fn: spec.name, hidden: all.length - kept.length }, 'list filtered by policy');
+      log.debug({ port: this.port, conn: ctx.conn, req: ctx.req, fn: spec.name, hidden: all.length - kept.length }, 'list filtered by policy');
     }
     let code: number = CKR.OK;
     if (asked === null) {
@@ -406,6 +420,7 @@ export function describePolicy(p: PortPolicy): Record<string, unknown> {
   return {
     tokens: p.tokens?.map((t) => [t.label && `label=${t.label}`, t.serial && `serial=${t.serial}`].filter(Boolean).join(',')) ?? 'all',
     readOnly: p.readOnly,
+    initToken: p.initToken === true,
     mechanisms: p.mechanisms ? p.mechanisms.size : 'all',
   };
 }

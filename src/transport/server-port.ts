@@ -10,6 +10,11 @@ export interface ByteLink {
   write(bytes: Buffer): Promise<void>;
   onData(listener: (chunk: Buffer) => void): void;
   onClose(listener: (err?: Error) => void): void;
+  /** Stops taking bytes off the line (the peer's writes then block), until resume(). */
+  pause(): void;
+  resume(): void;
+  /** Discards what the device still holds in both directions (a line that takes nothing). */
+  discard(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -36,6 +41,9 @@ export async function openSerial(path: string, opts: SerialOptions = {}): Promis
   await new Promise<void>((resolve, reject) => port.open((err) => (err ? reject(openError(path, err)) : resolve())));
   // Bytes a cooked tty buffered before we switched it to raw are stale noise.
   await new Promise<void>((resolve) => port.flush(() => resolve()));
+  // Errors reach the write callbacks and onClose; a stream 'error' event with
+  // no listener (a write cancelled by close) would end the process.
+  port.on('error', () => {});
   let closing = false;
   return {
     path,
@@ -44,6 +52,9 @@ export async function openSerial(path: string, opts: SerialOptions = {}): Promis
         port.write(bytes, (err) => (err ? reject(err) : resolve()));
       }),
     onData: (listener) => port.on('data', listener),
+    pause: () => void port.pause(),
+    resume: () => void port.resume(),
+    discard: () => new Promise<void>((resolve) => port.flush(() => resolve())),
     onClose: (listener) => port.on('close', (err?: Error) => { if (!closing) listener(err); }),
     close: () =>
       new Promise<void>((resolve) => {

@@ -23,6 +23,8 @@ export interface StartDaemonOptions {
   readyTimeoutMs?: number;
   /** Override the entry script (default CLI_MAIN); for testing this helper. */
   entry?: string;
+  /** A command the daemon runs under, e.g. ['prlimit', '--nofile=64:64', '--']. */
+  prefix?: string[];
 }
 
 /** One output line of the daemon: pino JSON parsed where possible. */
@@ -75,7 +77,8 @@ export async function startDaemon(opts: StartDaemonOptions): Promise<Daemon> {
   for (const p of opts.ports) args.push('--port', p);
   args.push('--log-level', 'debug', ...(opts.args ?? []));
 
-  const proc = spawn(process.execPath, args, {
+  const [cmd, ...pre] = opts.prefix?.length ? [...opts.prefix, process.execPath] : [process.execPath];
+  const proc = spawn(cmd!, [...pre, ...args], {
     cwd: REPO_ROOT,
     env: { ...process.env, ...(opts.env ?? {}) },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -184,7 +184,8 @@ async function startEnv(e: Env, label: string): Promise<void> {
   e.cleanups.push(() => e.token.cleanup());
   e.pty = await createPtyPair();
   e.cleanups.push(() => e.pty.kill());
-  e.daemon = await startDaemon({ module: e.token.module, ports: [e.pty.serverPath], env: e.token.env });
+  // --init-token: the token administration tests initialize SoftHSM2's spare slot.
+  e.daemon = await startDaemon({ module: e.token.module, ports: [e.pty.serverPath], env: e.token.env, args: ['--init-token'] });
   e.cleanups.push(() => e.daemon.stop());
   e.guest = await startGuest({ port: e.pty.guestPath });
   e.cleanups.push(async () => {

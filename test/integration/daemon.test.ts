@@ -13,12 +13,12 @@ import { CLI_MAIN, REPO_ROOT, startDaemon, type Daemon } from '../helpers/daemon
 import { startGuest, type Guest } from '../helpers/guest.js';
 import { createPtyPair, isCookedEcho, sttyAll, type PtyPair } from '../helpers/pty.js';
 import { createToken, SOFTHSM_MODULE, type SoftHsmToken } from '../helpers/softhsm.js';
+import { RawLine } from '../helpers/raw-line.js';
 import { cobsEncodeDelimited } from '../../src/protocol/cobs.js';
-import { Deframer } from '../../src/protocol/deframer.js';
-import { encodeFrame, FrameType, isResponseType, type Frame } from '../../src/protocol/frame.js';
+import { encodeFrame, FrameType, type Frame } from '../../src/protocol/frame.js';
+import { SUPPORTED_VERSIONS } from '../../src/protocol/handshake.js';
 import { pack, unpack } from '../../src/protocol/msgpack.js';
 import { callByName, RV } from '../../src/protocol/table.js';
-import { openSerial, type ByteLink } from '../../src/transport/server-port.js';
 
 const execFileP = promisify(execFile);
 
@@ -68,60 +68,6 @@ async function findSlot(g: Guest, label: string): Promise<Buffer> {
     if (String(ti.label).trim() === label) return sl;
   }
   throw new Error(`no slot with token ${label}`);
-}
-
-/** The test process as a guest speaking raw frames on a pty. */
-class RawLine {
-  private queue: Frame[] = [];
-  private waiters: Array<() => void> = [];
-  readonly seen: Frame[] = [];
-  private constructor(readonly link: ByteLink) {
-    const deframer = new Deframer(8 * 1024 * 1024, {
-      frame: (f) => {
-        if (!isResponseType(f.type)) return; // our own frames, if anything echoes
-        this.seen.push(f);
-        this.queue.push(f);
-        for (const w of this.waiters.splice(0)) w();
-      },
-      drop: () => {},
-      oversize: () => {},
-    });
-    link.onData((chunk) => deframer.push(Buffer.from(chunk)));
-  }
-
-  static async open(path: string): Promise<RawLine> {
-    await execFileP('stty', ['-F', path, 'raw', '-echo']);
-    // no flock: the guest fixture takes the port after this closes
-    return new RawLine(await openSerial(path, { lock: false }));
-  }
-
-  write(bytes: Buffer): Promise<void> {
-    return this.link.write(bytes);
-  }
-
-  /** The next response frame for (conn, req), BUSY frames skipped. */
-  async next(req: number, conn?: number, timeoutMs = 15_000): Promise<Frame> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const i = this.queue.findIndex((f) => f.req === req && (conn === undefined || f.conn === conn) && f.type !== FrameType.Busy);
-      if (i !== -1) return this.queue.splice(i, 1)[0]!;
-      const left = deadline - Date.now();
-      if (left <= 0) {
-        throw new Error(`no answer for req ${req} within ${timeoutMs} ms; seen: ${JSON.stringify(this.seen.map((f) => [f.type, f.conn, f.req]))}`);
-      }
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.waiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
-  }
-
-  close(): Promise<void> {
-    return this.link.close();
-  }
 }
 
 let token: SoftHsmToken;
@@ -345,13 +291,14 @@ describe('raw frames on the line (the test process plays the guest)', () => {
 
   it('a frame with an unknown version byte is answered with ERROR mentioning the version', async () => {
     const body = pack([ID.C_GetInfo]);
-    const raw = Buffer.alloc(12 + body.length + 4);
+    // version, type, connection, request (the part of the header every version shares)
+    const raw = Buffer.alloc(10 + body.length + 4);
     raw[0] = 7; // frame version 7
     raw[1] = FrameType.Call;
-    raw.writeUInt32BE(0xabcd, 4);
-    raw.writeUInt32BE(55, 8);
-    body.copy(raw, 12);
-    raw.writeUInt32BE(crc32(raw.subarray(0, 12 + body.length)), 12 + body.length);
+    raw.writeUInt32BE(0xabcd, 2);
+    raw.writeUInt32BE(55, 6);
+    body.copy(raw, 10);
+    raw.writeUInt32BE(crc32(raw.subarray(0, 10 + body.length)), 10 + body.length);
     await line.write(cobsEncodeDelimited(raw));
     const f = await line.next(55, 0xabcd);
     expect(f.type).toBe(0xff);
@@ -371,14 +318,15 @@ describe('raw frames on the line (the test process plays the guest)', () => {
 
   it('a repeated request id is answered from the server copy, not run again', async () => {
     const nonce = randomInt(1, 0xffffffff);
-    await line.write(encodeFrame(FrameType.Hello, 0, nonce, pack({ versions: [1, 1], maxPayload: 1024 * 1024, client: 'raw-test/1' })));
+    await line.write(encodeFrame(FrameType.Hello, 0, nonce, pack({ versions: SUPPORTED_VERSIONS, maxPayload: 1024 * 1024, client: 'raw-test/1' })));
     const ok = await line.next(nonce);
     expect(ok.type).toBe(FrameType.HelloOk);
     const conn = ok.conn;
+    const { key } = unpack(ok.payload) as { key: number };
     expect(conn).not.toBe(0);
 
     const call = async (req: number, payload: unknown[]): Promise<{ frame: Frame; value: unknown[] }> => {
-      await line.write(encodeFrame(FrameType.Call, conn, req, pack(payload)));
+      await line.write(encodeFrame(FrameType.Call, conn, req, pack(payload), key));
       const frame = await line.next(req, conn);
       expect(frame.type, JSON.stringify(unpack(frame.payload))).toBe(FrameType.Result);
       return { frame, value: unpack(frame.payload) as unknown[] };
@@ -405,7 +353,7 @@ describe('raw frames on the line (the test process plays the guest)', () => {
     expect(found.value).toEqual([CKR_OK, [first.value[1]]]);
     expect((await call(6, [ID.C_FindObjectsFinal, s])).value).toEqual([CKR_OK]);
 
-    await line.write(encodeFrame(FrameType.Bye, conn, 7));
+    await line.write(encodeFrame(FrameType.Bye, conn, 7, undefined, key));
     expect((await line.next(7, conn)).type).toBe(FrameType.ByeOk);
   });
 
@@ -547,12 +495,14 @@ describe('a hostile guest: malformed payloads inside well-formed frames', () => 
     const line = await RawLine.open(p.guestPath);
     cleanups.push(() => line.close());
     const nonce = randomInt(1, 0xffffffff);
-    await line.write(encodeFrame(FrameType.Hello, 0, nonce, pack({ versions: [1, 1], maxPayload: 1024 * 1024, client: 'hostile/1' })));
-    const conn = (await line.next(nonce)).conn;
+    await line.write(encodeFrame(FrameType.Hello, 0, nonce, pack({ versions: SUPPORTED_VERSIONS, maxPayload: 1024 * 1024, client: 'hostile/1' })));
+    const helloOk = await line.next(nonce);
+    const conn = helloOk.conn;
+    const { key } = unpack(helloOk.payload) as { key: number };
     let req = 0;
     const send = async (payload: Buffer): Promise<{ rv: number; frame: Frame }> => {
       const r = ++req;
-      await line.write(encodeFrame(FrameType.Call, conn, r, payload));
+      await line.write(encodeFrame(FrameType.Call, conn, r, payload, key));
       const frame = await line.next(r, conn);
       if (frame.type === FrameType.Error) return { rv: (unpack(frame.payload) as { rv: number }).rv, frame };
       expect(frame.type).toBe(FrameType.Result);

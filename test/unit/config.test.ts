@@ -6,6 +6,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ConfigError, keyPath, loadConfig, parseConfig } from '../../src/server/config.js';
 import { MECHANISM_TYPES } from '../../src/protocol/table.js';
+import { DEFAULT_LIMITS } from '../../src/server/limits.js';
 
 const FILE = '/etc/p11bridge/config.json';
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'p11b-config-'));
@@ -29,7 +30,7 @@ const port = (extra: Record<string, unknown> = {}) => ({ path: '/dev/ttyS4', ...
 describe('valid configs', () => {
   it('accepts an empty config (everything from the command line)', () => {
     expect(parseConfig({}, FILE)).toEqual({ file: FILE, ports: [], module: undefined, executor: undefined,
-      maxPayload: undefined, leaseSeconds: undefined, maxCallSeconds: undefined, maxConnectionsPerPort: undefined, logLevel: undefined });
+      maxPayload: undefined, leaseSeconds: undefined, maxCallSeconds: undefined, limits: {}, logLevel: undefined });
   });
 
   it('gives every port its policy; absent keys mean unrestricted', () => {
@@ -40,16 +41,16 @@ describe('valid configs', () => {
         { path: '/dev/ttyS5', tokens: [{ label: 'first' }, { serial: 'f5c94f2a5219ba37' }, { label: 'x', serial: 'y' }], readOnly: true },
         { path: '/dev/ttyS6', mechanisms: ['CKM_AES_GCM', 0x40, '0x80000001', 'CKM_VENDOR_DEFINED'], readOnly: false },
       ],
-      maxPayload: 65536, leaseSeconds: 1.5, maxCallSeconds: 30, maxConnectionsPerPort: 4, logLevel: 'debug', executor: '/opt/p11bridge-exec',
+      maxPayload: 65536, leaseSeconds: 1.5, maxCallSeconds: 30, limits: { maxConnectionsPerPort: 4, executorNetwork: true }, logLevel: 'debug', executor: '/opt/p11bridge-exec',
     }, FILE);
     expect(c.module).toBe('/usr/lib/softhsm/libsofthsm2.so');
     expect(c.ports.map((p) => p.path)).toEqual(['/dev/ttyS4', '/dev/ttyS5', '/dev/ttyS6']);
-    expect(c.ports[0]!.policy).toEqual({ tokens: undefined, readOnly: false, mechanisms: undefined });
+    expect(c.ports[0]!.policy).toEqual({ tokens: undefined, readOnly: false, initToken: false, mechanisms: undefined });
     expect(c.ports[1]!.policy).toEqual({
-      tokens: [{ label: 'first' }, { serial: 'f5c94f2a5219ba37' }, { label: 'x', serial: 'y' }], readOnly: true, mechanisms: undefined,
+      tokens: [{ label: 'first' }, { serial: 'f5c94f2a5219ba37' }, { label: 'x', serial: 'y' }], readOnly: true, initToken: false, mechanisms: undefined,
     });
     expect(c.ports[2]!.policy.mechanisms).toEqual(new Set([4231n, 0x40n, 0x80000001n, 0x80000000n]));
-    expect(c).toMatchObject({ maxPayload: 65536, leaseSeconds: 1.5, maxCallSeconds: 30, maxConnectionsPerPort: 4, logLevel: 'debug', executor: '/opt/p11bridge-exec' });
+    expect(c).toMatchObject({ maxPayload: 65536, leaseSeconds: 1.5, maxCallSeconds: 30, limits: { maxConnectionsPerPort: 4, executorNetwork: true }, logLevel: 'debug', executor: '/opt/p11bridge-exec' });
   });
 
   it('an empty allow-list allows no mechanism', () => {
@@ -84,9 +85,10 @@ describe('bad keys and values, each named by its path', () => {
 
   it('unknown keys, at every level, with the keys that are known', () => {
     expect(problems({ modul: '/x.so' })).toEqual([
-      'modul: unknown key (known keys: module, ports, maxPayload, leaseSeconds, maxCallSeconds, maxConnectionsPerPort, logLevel, executor)',
+      'modul: unknown key (known keys: module, ports, maxPayload, leaseSeconds, maxCallSeconds, limits, logLevel, executor)',
     ]);
-    expect(problems({ ports: [port({ readonly: true })] })).toEqual(['ports[0].readonly: unknown key (known keys: path, tokens, readOnly, mechanisms)']);
+    expect(problems({ ports: [port({ readonly: true })] })).toEqual(['ports[0].readonly: unknown key (known keys: path, tokens, readOnly, initToken, mechanisms)']);
+    expect(problems({ limits: { maxConnections: 4 } })).toEqual([`limits.maxConnections: unknown key (known keys: ${Object.keys(DEFAULT_LIMITS).join(', ')})`]);
     expect(problems({ ports: [port({ tokens: [{ label: 'a', slot: 1 }] })] })).toEqual(['ports[0].tokens[0].slot: unknown key (known keys: label, serial)']);
   });
 
@@ -108,7 +110,9 @@ describe('bad keys and values, each named by its path', () => {
     expect(problems({ ports: [port({ tokens: [{ serial: '' }] })] })).toEqual(['ports[0].tokens[0].serial: the serial must not be empty']);
     expect(problems({ ports: [port({ tokens: [{ label: 'padded  ' }] })] })).toEqual(['ports[0].tokens[0].label: the label must not end in blanks (they are padding)']);
     expect(problems({ maxPayload: 1.5 })).toEqual(['maxPayload: expected a positive integer']);
-    expect(problems({ maxConnectionsPerPort: 0 })).toEqual(['maxConnectionsPerPort: expected a positive integer']);
+    expect(problems({ limits: { maxConnectionsPerPort: 0 } })).toEqual(['limits.maxConnectionsPerPort: expected an integer from 1 to 1024']);
+    expect(problems({ limits: { executorNice: 20, executorNetwork: 'no' } })).toEqual(['limits.executorNice: expected an integer from 0 to 19', 'limits.executorNetwork: expected boolean, received string']);
+    expect(problems({ ports: [port({ initToken: 1 })] })).toEqual(['ports[0].initToken: expected boolean, received number']);
     expect(problems({ leaseSeconds: -1 })).toEqual(['leaseSeconds: expected a positive number']);
     expect(problems({ maxCallSeconds: '60' })).toEqual(['maxCallSeconds: expected number, received string']);
     expect(problems({ logLevel: 'loud' })).toEqual(['logLevel: expected one of fatal, error, warn, info, debug, trace, silent']);
@@ -119,7 +123,7 @@ describe('bad keys and values, each named by its path', () => {
     expect(problems({ logLevel: 'loud', ports: [port({ readOnly: 1 })], extra: true })).toEqual([
       'ports[0].readOnly: expected boolean, received number',
       'logLevel: expected one of fatal, error, warn, info, debug, trace, silent',
-      'extra: unknown key (known keys: module, ports, maxPayload, leaseSeconds, maxCallSeconds, maxConnectionsPerPort, logLevel, executor)',
+      'extra: unknown key (known keys: module, ports, maxPayload, leaseSeconds, maxCallSeconds, limits, logLevel, executor)',
     ]);
   });
 

@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { cobsDecode, cobsEncodeDelimited } from '../../src/protocol/cobs.js';
 import { Deframer } from '../../src/protocol/deframer.js';
-import { decodeFrame, encodeFrame, FrameType, type Frame, type FrameHeader } from '../../src/protocol/frame.js';
+import { decodeFrame, encodeFrame, FRAME_VERSION, FrameType, isKeyed, type Frame, type FrameHeader } from '../../src/protocol/frame.js';
 
 function collect(maxPayload = 1024) {
   const frames: Frame[] = [];
@@ -44,9 +44,10 @@ describe('COBS', () => {
 
 describe('frames', () => {
   it('carry type, connection id, request id and payload', () => {
-    fc.assert(fc.property(fc.constantFrom(...Object.values(FrameType)), fc.nat({ max: 0xffffffff }), fc.nat({ max: 0xffffffff }), payloadArb, (type, conn, req, payload) => {
-      const f = decodeFrame(encodeFrame(type, conn, req, payload).subarray(1, -1));
-      expect(f).toEqual({ version: 1, type, flags: 0, conn, req, payload: Buffer.from(payload) });
+    fc.assert(fc.property(fc.constantFrom(...Object.values(FrameType)), fc.nat({ max: 0xffffffff }), fc.nat({ max: 0xffffffff }), fc.integer({ min: 1, max: 0xffffffff }), payloadArb, (type, conn, req, key, payload) => {
+      const f = decodeFrame(encodeFrame(type, conn, req, payload, key).subarray(1, -1));
+      // Only requests on a connection carry the key.
+      expect(f).toEqual({ version: FRAME_VERSION, type, conn, req, key: isKeyed(type, conn) ? key : 0, payload: Buffer.from(payload) });
     }));
   });
 

@@ -53,10 +53,11 @@ function fakeLog() {
 function setup(policy: Partial<PortPolicy>) {
   const mod = fakeModule();
   const { log, records } = fakeLog();
-  const gate = new PolicyEnforcer('/dev/ttyS5', { readOnly: false, ...policy }, () => probe, log);
+  const gate = new PolicyEnforcer('/dev/ttyS5', { readOnly: false, initToken: true, ...policy }, () => probe, log);
   const call = async (name: string, args: unknown[]): Promise<{ rv: number; results: unknown[] | undefined }> => {
     const spec = callByName(name);
-    const reply = await gate.run(encodeCall(spec, args), mod.execute, { conn: 9, req: 1 });
+    // Packed unchecked, as a hostile guest may send it: the gate does the checking.
+    const reply = await gate.run(pack([spec.id, ...args]), mod.execute, { conn: 9, req: 1 });
     if (!reply.ok) throw new Error(`ERROR ${reply.rv}: ${reply.message}`);
     // The fake answers struct results with a placeholder: check only what the policy wrote.
     if (spec.results.some((r) => !['outlist', 'slot', 'object', 'session', 'ulong'].includes(r.kind))) {
@@ -136,14 +137,14 @@ describe('mechanism allow-list', () => {
     const { call, seen } = setup(policy);
     expect(await call('C_GetMechanismInfo', [1, 0x1080])).toEqual({ rv: CKR_MECHANISM_INVALID, results: undefined });
     for (const name of ['C_EncryptInit', 'C_DecryptInit', 'C_SignInit', 'C_VerifyInit', 'C_SignRecoverInit', 'C_VerifyRecoverInit']) {
-      expect(await call(name, [5, [0x1080, Buffer.alloc(16)], 6]), name).toEqual({ rv: CKR_MECHANISM_INVALID, results: undefined });
+      expect(await call(name, [5, [0x1082, Buffer.alloc(16)], 6]), name).toEqual({ rv: CKR_MECHANISM_INVALID, results: undefined });
     }
     expect((await call('C_DigestInit', [5, [0x250]])).rv).toBe(CKR_MECHANISM_INVALID);
     expect((await call('C_GenerateKey', [5, [0x1080], []])).rv).toBe(CKR_MECHANISM_INVALID);
     expect((await call('C_GenerateKeyPair', [5, [0x0], [], []])).rv).toBe(CKR_MECHANISM_INVALID);
     expect((await call('C_WrapKey', [5, [0x2109], 6, 7, null])).rv).toBe(CKR_MECHANISM_INVALID);
     expect((await call('C_UnwrapKey', [5, [0x2109], 6, Buffer.alloc(24), []])).rv).toBe(CKR_MECHANISM_INVALID);
-    expect((await call('C_DeriveKey', [5, [0x1050, Buffer.alloc(8)], 6, []])).rv).toBe(CKR_MECHANISM_INVALID);
+    expect((await call('C_DeriveKey', [5, [0x1050, [1, null, Buffer.alloc(65)]], 6, []])).rv).toBe(CKR_MECHANISM_INVALID);
     expect(seen).toEqual([]);
     expect((await call('C_SignInit', [5, [0x40], 6])).rv).toBe(CKR_OK);
     expect((await call('C_GetMechanismInfo', [1, 0x1087])).rv).toBe(CKR_OK);
@@ -168,8 +169,8 @@ describe('read-only ports', () => {
     expect(await call('C_SetPIN', [5, Buffer.from('old'), Buffer.from('new')])).toEqual(wp);
     expect(await call('C_OpenSession', [1, 6])).toEqual(wp);
     expect(await call('C_CreateObject', [5, [[0, 0], [1, true]]])).toEqual(wp);
-    expect(await call('C_CopyObject', [5, 6, [[1, 1]]])).toEqual(wp);
-    expect(await call('C_GenerateKey', [5, [0x1080], [[0x161, 32], [1, Buffer.from([1])]]])).toEqual(wp);
+    expect(await call('C_CopyObject', [5, 6, [[1, true]]])).toEqual(wp);
+    expect(await call('C_GenerateKey', [5, [0x1080], [[0x161, 32], [1, true]]])).toEqual(wp);
     expect(await call('C_GenerateKeyPair', [5, [0x1040], [[1, false]], [[1, true]]])).toEqual(wp);
     expect(await call('C_UnwrapKey', [5, [0x2109], 6, Buffer.alloc(24), [[1, true]]])).toEqual(wp);
     expect(await call('C_DeriveKey', [5, [0x1050], 6, [[1, true]]])).toEqual(wp);
@@ -187,19 +188,36 @@ describe('read-only ports', () => {
     expect((await call('C_OpenSession', [1, 4])).rv).toBe(CKR_OK);
     expect((await call('C_GenerateKey', [5, [0x1080], [[1, false], [0x161, 32]]])).rv).toBe(CKR_OK);
     expect((await call('C_CreateObject', [5, [[0, 0], [0x11, Buffer.from('x')]]])).rv).toBe(CKR_OK);
-    expect((await call('C_GenerateKeyPair', [5, [0x1040], [[0x10a, true]], [[1, Buffer.from([0])]]])).rv).toBe(CKR_OK);
+    expect((await call('C_GenerateKeyPair', [5, [0x1040], [[0x10a, true]], [[1, false]]])).rv).toBe(CKR_OK);
     expect((await call('C_FindObjectsInit', [5, [[1, true]]])).rv).toBe(CKR_OK);
     expect((await call('C_SignInit', [5, [0x40], 6])).rv).toBe(CKR_OK);
     expect(seen.map((c) => c.name)).toEqual(['C_OpenSession', 'C_GenerateKey', 'C_CreateObject', 'C_GenerateKeyPair', 'C_FindObjectsInit', 'C_SignInit']);
   });
 
-  it('CKA_TOKEN in any encoding', () => {
+  it('CKA_TOKEN in any encoding but a boolean is refused before the policy and the module: CKR_ATTRIBUTE_VALUE_INVALID', async () => {
+    const { call, seen } = setup(policy);
+    const invalid = { rv: RV.CKR_ATTRIBUTE_VALUE_INVALID, results: undefined };
+    for (const value of [1, 1n, 0xffffffffffffffffn, Buffer.from([1]), Buffer.from([0, 1]), [1], [[1, true]]]) {
+      expect(await call('C_CreateObject', [5, [[0, 4], [1, value]]])).toEqual(invalid);
+      expect(await call('C_GenerateKey', [5, [0x1080], [[0x40000212, [[1, value]]]]])).toEqual(invalid);
+    }
+    expect(seen).toEqual([]);
     expect(makesTokenObject([[1, true]])).toBe(true);
-    expect(makesTokenObject([[1, 1]])).toBe(true);
-    expect(makesTokenObject([[1n, 1n]])).toBe(true);
-    expect(makesTokenObject([[1, Buffer.from([0, 1])]])).toBe(true);
-    expect(makesTokenObject([[1, false], [1, 0], [1, Buffer.from([0])], [1, null], [0x2, true]])).toBe(false);
+    expect(makesTokenObject([[0x40000212, [[1, true]]]])).toBe(true);
+    expect(makesTokenObject([[1, false], [1, null], [0x2, true]])).toBe(false);
     expect(makesTokenObject([[0x40000600, [0x1080, 1]]])).toBe(false); // a CK_ULONG array value
+  });
+});
+
+describe('token initialisation', () => {
+  it('is refused unless the port allows it, with CKR_TOKEN_WRITE_PROTECTED, before any decoding', async () => {
+    const { call, seen, records } = setup({ initToken: false });
+    expect(await call('C_InitToken', [1, Buffer.from('so'), Buffer.alloc(32, 0x20)])).toEqual({ rv: CKR_TOKEN_WRITE_PROTECTED, results: undefined });
+    expect(seen).toEqual([]);
+    expect(records.map((r) => r.obj.reason)).toEqual(['token initialisation is off on this port (initToken)']);
+    // Everything else of an otherwise unrestricted port passes untouched.
+    expect((await call('C_OpenSession', [1, 6])).rv).toBe(CKR_OK);
+    expect(seen.map((c) => c.name)).toEqual(['C_OpenSession']);
   });
 });
 

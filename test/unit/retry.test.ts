@@ -11,6 +11,7 @@ import { encodeFrame, FrameType, type Frame } from '../../src/protocol/frame.js'
 import { Connection, isBefore } from '../../src/server/connection.js';
 import type { Executor } from '../../src/server/executor.js';
 import { PortServer } from '../../src/server/port-server.js';
+import { DEFAULT_LIMITS } from '../../src/server/limits.js';
 import { openSerial } from '../../src/transport/server-port.js';
 import { FaultLink, FaultyDirection } from '../helpers/fault-link.js';
 import { createPtyPair, type PtyPair } from '../helpers/pty.js';
@@ -110,6 +111,7 @@ describe('client retries against the server connection, through a faulty relay',
   let serverPair: PtyPair, guestPair: PtyPair, link: FaultLink, server: PortServer, channel: PortChannel;
   let runs = 0;
   const CONN = 4242;
+  const KEY = 0x5ec2e7;
   beforeAll(async () => {
     serverPair = await createPtyPair();
     guestPair = await createPtyPair();
@@ -133,10 +135,10 @@ describe('client retries against the server connection, through a faulty relay',
       bye: () => undefined,
       ping: () => undefined,
       call: (port, f) => {
-        conn ??= new Connection(CONN, serverPair.serverPath, executor, 1 << 20, (frame) => port.send(frame), log);
+        conn ??= new Connection(CONN, KEY, port, executor, 1 << 20);
         void conn.handleCall(f.req, f.payload);
       },
-    }, log);
+    }, log, DEFAULT_LIMITS);
     channel = await PortChannel.acquire(guestPair.guestPath, 1 << 20);
   });
   afterAll(async () => {
@@ -158,7 +160,7 @@ describe('client retries against the server connection, through a faulty relay',
         link.toGuest.reseed(seed + 1);
         for (const a of args) {
           req = nextId(req);
-          const reply = await channel.mutex.runExclusive(() => channel.roundTrip(encodeFrame(FrameType.Call, CONN, req, Buffer.from([0x91, a & 0x7f])), {
+          const reply = await channel.mutex.runExclusive(() => channel.roundTrip(encodeFrame(FrameType.Call, CONN, req, Buffer.from([0x91, a & 0x7f]), KEY), {
             conn: CONN, req, method: 'test', timeoutMs: 20_000,
             retry: { attemptTimeoutMs: 60, maxAttempts: 100, backoffMs: 2, baudRate: 115200 },
           }));

@@ -65,6 +65,7 @@ int pb_pack_hello(msgpack_packer *pk, unsigned vmin, unsigned vmax, uint64_t max
                   const char *client);
 typedef struct {
   uint64_t version, max_payload, lease_ms;
+  uint32_t key; /* the connection's key (PROTOCOL.md section 4) */
   char server[201];
   CK_INFO info;
   unsigned char functions[PB_NCALLS + 1]; /* by call id */

@@ -6,7 +6,7 @@
 #include <zlib.h>
 
 size_t pb_max_encoded_size(size_t max_payload) {
-  size_t raw = max_payload + PB_MIN_FRAME;
+  size_t raw = max_payload + PB_KEYED_HEADER_SIZE + PB_CRC_SIZE;
   return raw + (raw + 253) / 254 + 1;
 }
 
@@ -31,9 +31,10 @@ static uint32_t crc(const unsigned char *p, size_t n) {
   return (uint32_t)c;
 }
 
-unsigned char *pb_frame_encode(unsigned type, uint32_t conn, uint32_t req, const void *payload,
-                               size_t len, size_t *outlen) {
-  size_t rawlen = PB_HEADER_SIZE + len + PB_CRC_SIZE;
+unsigned char *pb_frame_encode(unsigned type, uint32_t conn, uint32_t req, uint32_t key,
+                               const void *payload, size_t len, size_t *outlen) {
+  size_t head = PB_IS_KEYED(type, conn) ? PB_KEYED_HEADER_SIZE : PB_BASE_HEADER_SIZE;
+  size_t rawlen = head + len + PB_CRC_SIZE;
   unsigned char *raw = malloc(rawlen);
   unsigned char *out = malloc(rawlen + rawlen / 254 + 3);
   if (!raw || !out) {
@@ -43,11 +44,11 @@ unsigned char *pb_frame_encode(unsigned type, uint32_t conn, uint32_t req, const
   }
   raw[0] = PB_FRAME_VERSION;
   raw[1] = (unsigned char)type;
-  raw[2] = raw[3] = 0;
-  put32(raw + 4, conn);
-  put32(raw + 8, req);
-  if (len) memcpy(raw + PB_HEADER_SIZE, payload, len);
-  put32(raw + PB_HEADER_SIZE + len, crc(raw, PB_HEADER_SIZE + len));
+  put32(raw + 2, conn);
+  put32(raw + 6, req);
+  if (head == PB_KEYED_HEADER_SIZE) put32(raw + 10, key);
+  if (len) memcpy(raw + head, payload, len);
+  put32(raw + head + len, crc(raw, head + len));
   /* 0x00 COBS(raw) 0x00 */
   size_t o = 0, code_at;
   unsigned char code = 1;
@@ -106,11 +107,17 @@ int pb_frame_decode(unsigned char *piece, size_t n, pb_frame *f) {
 #endif
   f->version = piece[0];
   f->type = piece[1];
-  f->flags = ((unsigned)piece[2] << 8) | piece[3];
-  f->conn = get32(piece + 4);
-  f->req = get32(piece + 8);
-  f->payload = piece + PB_HEADER_SIZE;
-  f->len = end - PB_HEADER_SIZE;
+  f->conn = get32(piece + 2);
+  f->req = get32(piece + 6);
+  size_t head = PB_BASE_HEADER_SIZE;
+  f->key = 0;
+  if (f->version == PB_FRAME_VERSION && PB_IS_KEYED(f->type, f->conn)) {
+    if (end < PB_KEYED_HEADER_SIZE) return -2;
+    f->key = get32(piece + 10);
+    head = PB_KEYED_HEADER_SIZE;
+  }
+  f->payload = piece + head;
+  f->len = end - head;
   return 0;
 }
 

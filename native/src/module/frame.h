@@ -1,27 +1,29 @@
 /* frame.h: the line and frame layers of PROTOCOL.md sections 2-3 (COBS
- * between 0x00 delimiters; 12-byte header, payload, CRC-32), and a
- * deframer that splits a hostile byte stream into frames without ever
- * buffering more than the size limit. */
+ * between 0x00 delimiters; header, payload, CRC-32), and a deframer that
+ * splits a hostile byte stream into frames without ever buffering more than
+ * the size limit. The version and frame types come from protocol.json
+ * (pb_gen.h: PB_FRAME_VERSION, PB_T_*). */
 #ifndef P11BRIDGE_FRAME_H
 #define P11BRIDGE_FRAME_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#define PB_FRAME_VERSION 1
-#define PB_HEADER_SIZE 12
-#define PB_CRC_SIZE 4
-#define PB_MIN_FRAME (PB_HEADER_SIZE + PB_CRC_SIZE)
+#include "pb_gen.h"
 
-enum {
-  PB_T_HELLO = 0x01, PB_T_CALL = 0x02, PB_T_BYE = 0x03, PB_T_PING = 0x04,
-  PB_T_HELLO_OK = 0x81, PB_T_RESULT = 0x82, PB_T_BYE_OK = 0x83, PB_T_PONG = 0x84,
-  PB_T_BUSY = 0x85, PB_T_ERROR = 0xFF
-};
+/* version, type, connection id, request id; a request on a connection
+ * (conn != 0) adds the connection's key */
+#define PB_BASE_HEADER_SIZE 10
+#define PB_KEYED_HEADER_SIZE 14
+#define PB_CRC_SIZE 4
+#define PB_MIN_FRAME (PB_BASE_HEADER_SIZE + PB_CRC_SIZE)
+
+/* whether a frame of this type and connection carries the key */
+#define PB_IS_KEYED(type, conn) (((type) & 0x80) == 0 && (conn) != 0)
 
 typedef struct {
-  unsigned version, type, flags;
-  uint32_t conn, req;
+  unsigned version, type;
+  uint32_t conn, req, key;
   const unsigned char *payload; /* points into the decoded piece */
   size_t len;
 } pb_frame;
@@ -29,9 +31,10 @@ typedef struct {
 /* Largest COBS piece (without delimiters) a frame with max_payload bytes of payload takes. */
 size_t pb_max_encoded_size(size_t max_payload);
 
-/* 0x00 | COBS(header | payload | CRC) | 0x00 in a malloc'd buffer; NULL on ENOMEM. */
-unsigned char *pb_frame_encode(unsigned type, uint32_t conn, uint32_t req, const void *payload,
-                               size_t len, size_t *outlen);
+/* 0x00 | COBS(header | payload | CRC) | 0x00 in a malloc'd buffer; NULL on
+ * ENOMEM. key goes into the header of keyed frames (PB_IS_KEYED). */
+unsigned char *pb_frame_encode(unsigned type, uint32_t conn, uint32_t req, uint32_t key,
+                               const void *payload, size_t len, size_t *outlen);
 
 /* COBS-decodes buf[0..n) in place; returns the decoded length or -1. */
 long pb_cobs_decode_inplace(unsigned char *buf, size_t n);

@@ -96,30 +96,32 @@ CK_RV pb_client_check(const pb_call *c, const pb_cslot *a, size_t limit) {
   return CKR_OK;
 }
 
+/* The same rules, from the same information (what travels on the wire), as
+ * src/protocol/codec.ts expectedResultBytes: the golden vectors hold the
+ * answer size both must compute for each request. */
 size_t pb_client_expected_len(const pb_call *c, const pb_cslot *a, size_t limit) {
   size_t n = 16; /* [rv, ...] */
+#define PB_MIN(x, y) ((x) < (y) ? (x) : (y))
   for (unsigned i = 0; i < c->nres; i++) {
     const pb_param *p = &c->res[i];
     const pb_cslot *s = &a[p->slot];
     size_t k = 9;
     switch (p->kind) {
     case PB_K_OUTBYTES:
-      if (s->p && s->lenp) k = *s->lenp > limit ? limit : (size_t)*s->lenp + 5;
+      if (s->p && s->lenp) k = PB_MIN((size_t)*s->lenp, limit) + 5;
       break;
     case PB_K_OUTLIST:
-      if (s->ulp && s->lenp) k = *s->lenp > limit / 9 ? limit : (size_t)*s->lenp * 9 + 5;
-      else if (s->mode == PB_CS_AUTO) k = 1024;
+      if (s->mode == PB_CS_AUTO) k = 1024;
+      else if (s->ulp && s->lenp) k = (*s->lenp > limit / 9 ? limit : (size_t)*s->lenp * 9) + 5;
       break;
     case PB_K_OBJECTLIST:
-      k = a[p->aux].ul > limit / 9 ? limit : (size_t)a[p->aux].ul * 9 + 5;
+      k = (a[p->aux].ul > limit / 9 ? limit : (size_t)a[p->aux].ul * 9) + 5;
       break;
     case PB_K_OUTFIXED:
-      k = s->len > limit ? limit : (size_t)s->len + 5;
+      if (s->p) k = PB_MIN((size_t)s->len, limit) + 5;
       break;
     case PB_K_ATTRVALUES:
-      k = 5;
-      for (CK_ULONG j = 0; s->tmpl && j < s->count && k < limit; j++)
-        k += 10 + (s->tmpl[j].pValue && s->tmpl[j].ulValueLen < limit ? (size_t)s->tmpl[j].ulValueLen : 0);
+      k = 5 + (s->tmpl ? (size_t)s->count * (10 + 256) : 0);
       break;
     case PB_K_INFO: case PB_K_SLOTINFO: case PB_K_TOKENINFO: case PB_K_SESSIONINFO: case PB_K_MECHINFO:
       k = 256;
@@ -130,6 +132,7 @@ size_t pb_client_expected_len(const pb_call *c, const pb_cslot *a, size_t limit)
     n += k;
     if (n >= limit) return limit;
   }
+#undef PB_MIN
   return n;
 }
 
@@ -153,7 +156,7 @@ int pb_client_encode(msgpack_packer *pk, const pb_call *c, const pb_cslot *a) {
       if (s->mode == PB_CS_AUTO) r = msgpack_pack_true(pk);
       else r = s->ulp ? pb_pack_ulong(pk, *s->lenp) : msgpack_pack_nil(pk);
       break;
-    case PB_K_OUTFIXED: r = pb_pack_ulong(pk, s->len); break;
+    case PB_K_OUTFIXED: r = s->p ? pb_pack_ulong(pk, s->len) : msgpack_pack_nil(pk); break;
     default: r = -1; break;
     }
   }
@@ -224,6 +227,7 @@ static int decode_result(const pb_call *c, const pb_param *p, pb_cslot *a, const
     if (o->type != MSGPACK_OBJECT_ARRAY) return pb_fail(err, "expected array, got %s", pb_type_name(o));
     return ulong_array_into(o, s->ulp, a[p->aux].ul, s->lenp, err);
   case PB_K_OUTFIXED:
+    if (!s->p && o->type == MSGPACK_OBJECT_NIL) return PB_OK; /* a NULL buffer */
     if (o->type != MSGPACK_OBJECT_BIN || o->via.bin.size != s->len)
       return pb_fail(err, "expected bin of %lu bytes", (unsigned long)s->len);
     if (s->len) memcpy(s->p, o->via.bin.ptr, s->len);
@@ -335,7 +339,7 @@ int pb_unpack_hello_ok(const unsigned char *payload, size_t len, pb_hello_ok *h,
   msgpack_unpacked up;
   msgpack_unpacked_init(&up);
   int ret = unpack_map(payload, len, &up, err);
-  int have_version = 0, have_max = 0, have_info = 0, have_functions = 0;
+  int have_version = 0, have_max = 0, have_info = 0, have_functions = 0, have_key = 0;
   if (ret != PB_OK) goto out;
   ret = PB_MALFORMED;
   const msgpack_object_map *m = &up.data.via.map;
@@ -347,6 +351,11 @@ int pb_unpack_hello_ok(const unsigned char *payload, size_t len, pb_hello_ok *h,
     } else if (key_is(k, "maxPayload")) {
       if (u64_of(v, &h->max_payload) || h->max_payload == 0) { pb_fail(err, "maxPayload: expected positive int"); goto out; }
       have_max = 1;
+    } else if (key_is(k, "key")) {
+      uint64_t kv;
+      if (u64_of(v, &kv) || kv == 0 || kv > UINT32_MAX) { pb_fail(err, "key: expected an int of 1 .. 2^32-1"); goto out; }
+      h->key = (uint32_t)kv;
+      have_key = 1;
     } else if (key_is(k, "leaseMs")) {
       if (u64_of(v, &h->lease_ms)) { pb_fail(err, "leaseMs: expected int"); goto out; }
     } else if (key_is(k, "server")) {
@@ -378,8 +387,8 @@ int pb_unpack_hello_ok(const unsigned char *payload, size_t len, pb_hello_ok *h,
       }
     }
   }
-  if (!have_version || !have_max || !have_info || !have_functions) {
-    pb_fail(err, "HELLO_OK lacks %s", !have_version ? "version" : !have_max ? "maxPayload"
+  if (!have_version || !have_max || !have_info || !have_functions || !have_key) {
+    pb_fail(err, "HELLO_OK lacks %s", !have_version ? "version" : !have_max ? "maxPayload" : !have_key ? "key"
                                      : !have_info ? "module.info" : "module.functions");
     goto out;
   }

@@ -27,7 +27,6 @@
 #include <unistd.h>
 
 #define PB_DEFAULT_TIMEOUT_MS 5000u
-#define PB_DEFAULT_MAX_PAYLOAD 1048576u
 #define PB_WAIT_POLL_MS 250
 #define PB_CLIENT_NAME "p11bridge-c/0.1.0"
 
@@ -45,7 +44,7 @@ static struct {
   pthread_mutex_t port_mu;
   /* connection */
   pb_port port;
-  uint32_t conn, next_req;
+  uint32_t conn, key, next_req; /* key: this connection's secret from HELLO_OK, in every request */
   size_t max_payload;
   unsigned char functions[PB_NCALLS + 1];
   /* keepalive (HELLO_OK leaseMs) */
@@ -131,7 +130,7 @@ static const struct {
   unsigned long lo, hi;
 } pb_settings[] = {
     {"timeout_ms", "P11BRIDGE_TIMEOUT_MS", offsetof(pb_config, timeout_ms), 1, 3600000},
-    {"max_payload", "P11BRIDGE_MAX_PAYLOAD", offsetof(pb_config, max_payload), 64, 1ul << 30},
+    {"max_payload", "P11BRIDGE_MAX_PAYLOAD", offsetof(pb_config, max_payload), PB_MIN_PAYLOAD, 1ul << 30},
     {"retries", "P11BRIDGE_RETRIES", offsetof(pb_config, retries), 0, 100},
     {"baud", "P11BRIDGE_BAUD", offsetof(pb_config, baud), 50, 100000000},
     {"attempt_ms", "P11BRIDGE_ATTEMPT_MS", offsetof(pb_config, attempt_ms), 10, 3600000},
@@ -232,7 +231,7 @@ static CK_RV transact(unsigned type, const void *payload, size_t len, size_t res
     g.next_req = g.next_req == UINT32_MAX ? 1 : g.next_req + 1;
   }
   size_t flen;
-  unsigned char *frame = pb_frame_encode(type, hello ? 0 : g.conn, req, payload, len, &flen);
+  unsigned char *frame = pb_frame_encode(type, hello ? 0 : g.conn, req, hello ? 0 : g.key, payload, len, &flen);
   if (!frame) {
     port_unlock();
     return CKR_HOST_MEMORY;
@@ -442,6 +441,7 @@ static CK_RV do_initialize(const CK_C_INITIALIZE_ARGS *args) {
   g.port.baud = cfg.baud;
   g.port.attempt_ms = cfg.attempt_ms;
   g.conn = 0;
+  g.key = 0;
   g.next_req = 1;
   g.max_payload = cfg.max_payload;
   memset(g.functions, 0, sizeof g.functions);
@@ -482,13 +482,14 @@ static CK_RV do_initialize(const CK_C_INITIALIZE_ARGS *args) {
         (unsigned long long)h->version, PB_PROTOCOL_VERSION, PB_PROTOCOL_VERSION);
     goto fail;
   }
-  if (h->max_payload < 64) {
+  if (h->max_payload < PB_MIN_PAYLOAD) {
     dbg("C_Initialize: the server's payload limit %llu is too small", (unsigned long long)h->max_payload);
     goto fail;
   }
   if (h->max_payload < g.max_payload) g.max_payload = (size_t)h->max_payload;
   memcpy(g.functions, h->functions, sizeof g.functions);
   g.conn = resp.conn;
+  g.key = h->key;
   g.lease_ms = h->lease_ms;
   dbg("connected to %s on %s: connection %u, payload limit %zu, %u functions%s", h->server, cfg.port,
       (unsigned)g.conn, g.max_payload, (unsigned)h->nfunctions, h->lease_ms ? ", keepalive" : "");
