@@ -3,7 +3,8 @@
 // fairness ratio: C_GenerateRandom(32) latency on port B while port A runs
 // back-to-back RSA-4096 key generations, against the same with A idle.
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Pkcs11Client } from '../src/index.js';
 import { createToken, SOFTHSM_MODULE } from '../src/lab/softhsm.js';
 import { createPtyPair } from '../src/lab/pty.js';
@@ -14,10 +15,11 @@ import { encodeCall } from '../src/protocol/codec.js';
 import { callByName } from '../src/protocol/table.js';
 import { unpack } from '../src/protocol/msgpack.js';
 
-const APPS = 6;
-const N = Number(process.env.BENCH_FAIRNESS ?? 500);
+const quick = process.argv.includes('--quick');
+const N = quick ? 100 : 500;
 
 const pssKb = (pid: number) => Number(/^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))![1]);
+const avg = (xs: number[]) => xs.reduce((a, x) => a + x, 0) / xs.length;
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 const token = await createToken({ label: 'bench' });
@@ -43,25 +45,18 @@ async function executorRoundTrip(): Promise<number> {
   return us;
 }
 const pipeUs = await executorRoundTrip();
-const ptyA = await createPtyPair();
-const ptyB = await createPtyPair();
-const daemon = await spawnDaemon({ module: SOFTHSM_MODULE, ports: [ptyA.serverPath, ptyB.serverPath], env: token.env });
+const ports = await Promise.all([0, 1, 2, 3, 4, 5].map(() => createPtyPair()));
+const [ptyA, ptyB] = [ports[0]!, ports[1]!];
+const daemon = await spawnDaemon({ module: SOFTHSM_MODULE, ports: ports.map((p) => p.serverPath), env: token.env });
 delete process.env.SOFTHSM2_CONF;
 
-// Memory and set-up time per app.
+// Memory (PSS: shared pages split among the processes sharing them) of the
+// daemon plus its executors with 1, 6 (one per port) and 24 (four per port)
+// apps each logged in with a session, and set-up time per app.
 const apps: Pkcs11Client[] = [];
 const setupMs: number[] = [];
-for (let i = 0; i < APPS; i++) {
-  const t0 = performance.now();
-  const c = await Pkcs11Client.connect({ port: ptyB.guestPath });
-  await c.C_Initialize();
-  setupMs.push(performance.now() - t0);
-  const slot = (await c.C_GetSlotList(true))[0]!;
-  const s = await c.C_OpenSession(slot, 6);
-  await c.C_Login(s, 1, token.pin);
-  apps.push(c);
-}
-const executorPids = daemon.output().split('\n').flatMap((l) => {
+const memory: Array<{ apps: number; daemonMiB: number; executorsMiB: number; perAppMiB: number }> = [];
+const executorPids = () => daemon.output().split('\n').flatMap((l) => {
   try {
     const r = JSON.parse(l) as { msg?: string; executorPid?: number };
     return r.msg === 'connection opened' && r.executorPid ? [r.executorPid] : [];
@@ -69,11 +64,27 @@ const executorPids = daemon.output().split('\n').flatMap((l) => {
     return [];
   }
 });
-const pss = executorPids.map(pssKb);
-const daemonPss = pssKb(daemon.proc.pid!);
+for (const target of [1, 6, 24]) {
+  while (apps.length < target) {
+    const port = ports[apps.length % ports.length]!;
+    const t0 = performance.now();
+    const c = await Pkcs11Client.connect({ port: port.guestPath });
+    await c.C_Initialize();
+    setupMs.push(performance.now() - t0);
+    const slot = (await c.C_GetSlotList(true))[0]!;
+    const s = await c.C_OpenSession(slot, 6);
+    await c.C_Login(s, 1, token.pin);
+    apps.push(c);
+  }
+  await new Promise((r) => setTimeout(r, 200));
+  const ex = executorPids().map(pssKb);
+  const d = pssKb(daemon.proc.pid!);
+  memory.push({ apps: target, daemonMiB: d / 1024, executorsMiB: ex.reduce((a, x) => a + x, 0) / 1024, perAppMiB: avg(ex) / 1024 });
+}
 
 // Fairness: latency on port B, port A idle vs busy with RSA-4096 key generations.
-const b = apps[0]!;
+const b = apps[1]!; // on port B
+
 const bs = await b.C_OpenSession((await b.C_GetSlotList(true))[0]!, 6);
 async function latencies(): Promise<number[]> {
   const out: number[] = [];
@@ -117,15 +128,16 @@ for (const c of apps) {
   await c.close();
 }
 await daemon.stop();
-await ptyA.kill();
-await ptyB.kill();
+for (const p of ports) await p.kill();
 await token.cleanup();
 
-const avg = (xs: number[]) => xs.reduce((a, x) => a + x, 0) / xs.length;
-console.log(`p11bridge isolation bench (${APPS} apps on one port, SoftHSM2)`);
-console.log(`  executor PSS per app              ${(avg(pss) / 1024).toFixed(2)} MiB (min ${(Math.min(...pss) / 1024).toFixed(2)}, max ${(Math.max(...pss) / 1024).toFixed(2)})   (goal < 10 MiB)`);
-console.log(`  daemon PSS                        ${(daemonPss / 1024).toFixed(1)} MiB`);
-console.log(`  set-up per app (HELLO + C_Initialize)  median ${median(setupMs).toFixed(1)} ms   (goal < 50 ms)`);
+console.log(`p11bridge isolation bench (SoftHSM2, 6 ports)`);
+for (const m of memory) {
+  console.log(`  ${String(m.apps).padStart(2)} app(s): daemon PSS ${m.daemonMiB.toFixed(1)} MiB, executors ${m.executorsMiB.toFixed(1)} MiB (${m.perAppMiB.toFixed(2)} MiB each), total ${(m.daemonMiB + m.executorsMiB).toFixed(1)} MiB`);
+}
+console.log(`  set-up per app (HELLO + C_Initialize)  median ${median(setupMs).toFixed(1)} ms over ${setupMs.length}`);
 console.log(`  C_GenerateRandom(32) on port B     median ${median(idle).toFixed(0)} µs with A idle, ${median(busy).toFixed(0)} µs with A generating RSA-4096 keys (${keys - startKeys} generated meanwhile, ${busy.length} samples)`);
 console.log(`  executor pipe round trip, C_GenerateRandom(32)  ${pipeUs.toFixed(1)} µs (the isolation's cost per call, without the serial line)`);
-console.log(`  fairness ratio                    ${(median(busy) / median(idle)).toFixed(2)}   (goal < 2)`);
+console.log(`  fairness ratio (busy/idle)        ${(median(busy) / median(idle)).toFixed(2)}`);
+mkdirSync(join(packageRoot(), '.tmp'), { recursive: true });
+writeFileSync(join(packageRoot(), '.tmp', 'bench-isolation.json'), JSON.stringify({ memory, setupMsMedian: median(setupMs), idleUs: median(idle), busyUs: median(busy), pipeUs }, null, 2));

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "exec.h"
@@ -61,10 +62,26 @@ static int write_all(int fd, const void *buf, size_t n) {
   return 0;
 }
 
+/* Length and payload in one system call: two writes would wake the daemon
+ * twice (it reads the length, finds the payload missing, sleeps again). */
 static int send_message(const msgpack_sbuffer *sb) {
   unsigned char hdr[4] = {(unsigned char)(sb->size >> 24), (unsigned char)(sb->size >> 16),
                           (unsigned char)(sb->size >> 8), (unsigned char)sb->size};
-  if (write_all(g_out, hdr, 4) || write_all(g_out, sb->data, sb->size)) return -1;
+  struct iovec iov[2] = {{hdr, 4}, {sb->data, sb->size}};
+  size_t total = 4 + sb->size, done = 0;
+  while (done < total) {
+    ssize_t r = writev(g_out, iov, 2);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    done += (size_t)r;
+    /* a partial write (a large answer through a full pipe): the rest plainly */
+    if (done < total) {
+      if (done < 4) return write_all(g_out, hdr + done, 4 - done) || write_all(g_out, sb->data, sb->size) ? -1 : 0;
+      return write_all(g_out, (const char *)sb->data + (done - 4), total - done);
+    }
+  }
   return 0;
 }
 

@@ -16,12 +16,13 @@ const proto = JSON.parse(readFileSync(resolve(here, '../../proto/protocol.json')
 const CALL_IDS = Object.fromEntries(
   JSON.parse(readFileSync(resolve(here, '../../proto/protocol.json'), 'utf8')).calls.map((c) => [c.name, c.id]));
 
+const T = proto.frame.types;
 const kindOf = (v) => {
   if (v.call) return v.direction;
   switch (v.frame.type) {
-    case 0x01: return 'hello';
-    case 0x81: return 'hello_ok';
-    case 0xff: return 'error';
+    case T.HELLO: return 'hello';
+    case T.HELLO_OK: return 'hello_ok';
+    case T.ERROR: return 'error';
     default: return 'frame';
   }
 };

@@ -3,11 +3,11 @@
 // by module_smoke.mjs). It speaks on one end of a pty pair.
 import { encodeFrame, FrameType } from '../../dist/src/protocol/frame.js';
 import { Deframer } from '../../dist/src/protocol/deframer.js';
-import { pack } from '../../dist/src/protocol/msgpack.js';
+import { pack, unpack } from '../../dist/src/protocol/msgpack.js';
 import { SUPPORTED_VERSIONS } from '../../dist/src/protocol/handshake.js';
-import { openSerial } from '../../dist/src/transport/server-port.js';
+import { openTty } from '../../dist/src/transport/tty-link.js';
 
-const CONN = 0x1a2b3c4d;
+const CONN = 0x4d;
 const INFO = [[2, 40], Buffer.from('Hostile'.padEnd(32)), 0, Buffer.from('Not a module'.padEnd(32)), [0, 1]];
 const res = (req, payload) => encodeFrame(FrameType.Result, CONN, req, payload);
 const ok = (req, ...results) => res(req, pack([0, ...results]));
@@ -37,7 +37,7 @@ const script = [
   (q) => 'busy',
 ];
 
-const link = await openSerial(process.argv[2]);
+const link = await openTty(process.argv[2]);
 let step = 0;
 const send = (b) => link.write(b);
 // like a real server: a repeated request id (the module resends when an
@@ -49,8 +49,9 @@ const deframer = new Deframer(1 << 20, {
   frame: async (f) => {
     if (f.type & 0x80) return;
     if (f.type === FrameType.Hello) {
+      const { nonce } = unpack(f.payload);
       return send(encodeFrame(FrameType.HelloOk, CONN, f.req, pack({
-        version: SUPPORTED_VERSIONS[1], maxPayload: 1 << 20, server: 'hostile/0', key: 0x1234567, module: { info: INFO, functions: Array.from({ length: 68 }, (_, i) => i + 1) },
+        version: SUPPORTED_VERSIONS[1], maxPayload: 1 << 20, server: 'hostile/0', nonce, key: 0x1234567, module: { info: INFO, functions: Array.from({ length: 68 }, (_, i) => i + 1) },
       })));
     }
     if (f.type === FrameType.Bye) return send(encodeFrame(FrameType.ByeOk, CONN, f.req));

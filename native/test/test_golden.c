@@ -264,19 +264,20 @@ static int one(const char *kind, const char *hex, const char *pair, char *msg) {
     if (o.f.len) { sprintf(msg, "payload not empty"); goto out; }
   } else if (!strcmp(kind, "hello")) {
     if (unpack(&o.f, &up) || up.data.type != MSGPACK_OBJECT_MAP) { sprintf(msg, "HELLO: not a map"); goto out; }
-    uint64_t lo = 0, hi = 0, maxp = 0;
+    uint64_t lo = 0, hi = 0, maxp = 0, nonce = 0;
     char client[256] = "";
     for (uint32_t i = 0; i < up.data.via.map.size; i++) {
       const msgpack_object *k = &up.data.via.map.ptr[i].key, *v = &up.data.via.map.ptr[i].val;
       if (key_is(k, "versions")) { lo = v->via.array.ptr[0].via.u64; hi = v->via.array.ptr[1].via.u64; }
       if (key_is(k, "maxPayload")) maxp = v->via.u64;
+      if (key_is(k, "nonce")) nonce = v->via.u64;
       if (key_is(k, "client")) snprintf(client, sizeof client, "%.*s", (int)v->via.str.size, v->via.str.ptr);
     }
-    pb_pack_hello(&pk, (unsigned)lo, (unsigned)hi, maxp, client);
+    pb_pack_hello(&pk, (unsigned)lo, (unsigned)hi, (uint32_t)nonce, maxp, client);
   } else if (!strcmp(kind, "hello_ok")) {
     pb_hello_ok h;
     if (pb_unpack_hello_ok(o.f.payload, o.f.len, &h, &err)) { sprintf(msg, "HELLO_OK: %s", err.msg); goto out; }
-    msgpack_pack_map(&pk, 5 + (h.lease_ms ? 1 : 0));
+    msgpack_pack_map(&pk, 6 + (h.lease_ms ? 1 : 0));
     msgpack_pack_str_with_body(&pk, "version", 7);
     msgpack_pack_uint64(&pk, h.version);
     msgpack_pack_str_with_body(&pk, "maxPayload", 10);
@@ -287,6 +288,8 @@ static int one(const char *kind, const char *hex, const char *pair, char *msg) {
     }
     msgpack_pack_str_with_body(&pk, "server", 6);
     msgpack_pack_str_with_body(&pk, h.server, strlen(h.server));
+    msgpack_pack_str_with_body(&pk, "nonce", 5);
+    msgpack_pack_uint64(&pk, h.nonce);
     msgpack_pack_str_with_body(&pk, "key", 3);
     msgpack_pack_uint64(&pk, h.key);
     msgpack_pack_str_with_body(&pk, "module", 6);

@@ -44,7 +44,8 @@ const ATTR_KINDS = { bytes: 'PB_AK_BYTES', ulong: 'PB_AK_ULONG', bool: 'PB_AK_BO
   template: 'PB_AK_TEMPLATE', ulonglist: 'PB_AK_ULONGLIST', date: 'PB_AK_DATE' };
 // protocol.json limits, as C macros (wire.h uses them)
 const LIMIT_MACROS = { maxTemplate: 'PB_MAX_TEMPLATE', maxNesting: 'PB_MAX_NESTING', maxDepth: 'PB_MAX_DEPTH',
-  maxFindObjects: 'PB_MAX_FIND', minPayload: 'PB_MIN_PAYLOAD', defaultMaxPayload: 'PB_DEFAULT_MAX_PAYLOAD' };
+  maxFindObjects: 'PB_MAX_FIND', minPayload: 'PB_MIN_PAYLOAD', defaultMaxPayload: 'PB_DEFAULT_MAX_PAYLOAD',
+  maxConnectionsPerPort: 'PB_MAX_CONNECTIONS' };
 for (const k of Object.keys(LIMIT_MACROS)) if (!Number.isSafeInteger(proto.limits?.[k])) die(`limits.${k} missing`);
 for (const k of Object.keys(proto.limits)) if (!(k in LIMIT_MACROS)) die(`limits.${k} is known to no code`);
 const FRAME_TYPES = ['HELLO', 'CALL', 'BYE', 'PING', 'HELLO_OK', 'RESULT', 'BYE_OK', 'PONG', 'BUSY', 'ERROR'];

@@ -8,7 +8,9 @@ import { Mutex } from 'async-mutex';
 import { Deframer } from '../protocol/deframer.js';
 import { FrameType, isResponseType, type Frame } from '../protocol/frame.js';
 import { CKR, Pkcs11Error } from '../protocol/errors.js';
-import { GuestPort } from '../transport/guest-port.js';
+import { parseAddress, type GuestLink } from '../transport/link.js';
+import { TtyGuestLink } from '../transport/tty-link.js';
+import { UnixGuestLink } from '../transport/unix-link.js';
 
 export interface Expect {
   /** undefined: any connection id (the answer to HELLO carries the new one). */
@@ -21,6 +23,8 @@ export interface Expect {
   retry: RetryPolicy;
   /** Bytes the request and its answer take on the line (for the attempt timeout on a slow UART). */
   lineBytes?: number;
+  /** A last check of a frame that matches conn and req (HELLO_OK: its nonce). */
+  accept?: (f: Frame) => boolean;
 }
 
 export interface RetryPolicy {
@@ -65,18 +69,25 @@ export class PortChannel {
   private refs = 0;
   readonly stats: LineStats = { dropped: 0, stray: 0, retries: 0, failed: 0 };
 
-  private constructor(private readonly port: GuestPort, private readonly maxPayload: number) {}
+  private constructor(private readonly port: GuestLink, private readonly maxPayload: number) {}
 
   get path(): string {
-    return this.port.path;
+    return this.port.address;
   }
 
-  static async acquire(path: string, maxPayload: number, baudRate?: number): Promise<PortChannel> {
+  /** The channel for an address, shared by the clients of this process: a device path, or unix:/path. */
+  static async acquire(path: string, maxPayload: number, baudRate?: number, link?: GuestLink): Promise<PortChannel> {
     let p = PortChannel.open.get(path);
     if (!p) {
-      const port = new GuestPort(path, baudRate);
       p = Promise.resolve().then(() => {
-        port.open();
+        const a = parseAddress(path);
+        let port = link;
+        if (!port && a.kind === 'unix') port = new UnixGuestLink(path, a.path);
+        if (!port) {
+          const tty = new TtyGuestLink(path, baudRate);
+          tty.open(); // fails early on a wrong path
+          port = tty;
+        }
         return new PortChannel(port, maxPayload);
       });
       PortChannel.open.set(path, p);
@@ -89,7 +100,7 @@ export class PortChannel {
 
   async release(): Promise<void> {
     if (--this.refs > 0) return;
-    PortChannel.open.delete(this.port.path);
+    PortChannel.open.delete(this.port.address);
     await this.port.close();
   }
 
@@ -113,7 +124,7 @@ export class PortChannel {
   }
 
   private exchange(frame: Buffer, expect: Expect): Promise<Frame> {
-    const path = this.port.path;
+    const path = this.port.address;
     const policy = expect.retry;
     const maxAttempts = Math.max(1, Math.floor(policy.maxAttempts));
     const perAttempt = attemptTimeout(policy, expect.lineBytes ?? frame.length + 64);
@@ -129,6 +140,7 @@ export class PortChannel {
         if (done) return;
         done = true;
         clearTimeout(timer);
+        this.port.setListener(undefined);
         if (err) reject(err);
         else resolve(f!);
       };
@@ -172,7 +184,7 @@ export class PortChannel {
       const deframer = new Deframer(this.maxPayload, {
         frame: (f) => {
           if (!isResponseType(f.type)) return; // a request echoed by a tty still in cooked mode
-          if (f.req !== expect.req || (expect.conn !== undefined && f.conn !== expect.conn)) {
+          if (f.req !== expect.req || (expect.conn !== undefined && f.conn !== expect.conn) || (expect.accept && !expect.accept(f))) {
             this.stats.stray++;
             return;
           }
@@ -189,19 +201,11 @@ export class PortChannel {
         drop: () => this.stats.dropped++,
         oversize: () => this.stats.dropped++,
       });
-      // Read while writing: a pty holds only a few KiB each way. The loop
-      // ends with the round trip (an answer is handled inside push) or the
-      // port is closed under it (giving up).
-      void (async () => {
-        try {
-          while (!done) {
-            const chunk = await this.port.read();
-            if (!done) deframer.push(chunk);
-          }
-        } catch (e) {
-          finish(new Pkcs11Error(CKR.DEVICE_ERROR, expect.method, `cannot read ${path}: ${(e as Error).message}`));
-        }
-      })();
+      // Read while writing: a pty holds only a few KiB each way. Data comes
+      // while the link is locked, until the round trip ends.
+      this.port.setListener((chunk) => {
+        if (!done) deframer.push(chunk);
+      });
       send();
     });
   }

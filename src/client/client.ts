@@ -5,7 +5,7 @@
 import { randomInt } from 'node:crypto';
 import { decodeResult, encodeCall, expectedResultBytes, ProtocolError } from '../protocol/codec.js';
 import { CKR, Pkcs11Error } from '../protocol/errors.js';
-import { encodeFrame, DEFAULT_MAX_PAYLOAD, FrameType, type Frame } from '../protocol/frame.js';
+import { encodeFrame, DEFAULT_MAX_PAYLOAD, FrameType, MAX_REQ, nextReq, type Frame } from '../protocol/frame.js';
 import { errorSchema, helloOkSchema, parsePayload, SUPPORTED_VERSIONS } from '../protocol/handshake.js';
 import { pack } from '../protocol/msgpack.js';
 import { CALLS, callByName, STRUCTS, type CallSpec } from '../protocol/table.js';
@@ -118,10 +118,14 @@ export class Pkcs11Client {
       throw new Pkcs11Error(CKR.DEVICE_ERROR, 'connect', (e as Error).message);
     }
     try {
-      const nonce = randomInt(1, 0xffffffff);
-      const hello = pack({ versions: SUPPORTED_VERSIONS, maxPayload, client: `p11bridge-ts/${VERSION}` });
+      const nonce = randomInt(1, 0x100000000);
+      const req = randomInt(1, MAX_REQ + 1);
+      const hello = pack({ versions: SUPPORTED_VERSIONS, nonce, maxPayload, client: `p11bridge-ts/${VERSION}` });
+      // The answer is the HELLO_OK (or ERROR) with this request id; a HELLO_OK
+      // for another process's HELLO with the same 16-bit id shows another nonce.
+      const ours = (f: Frame) => f.type !== FrameType.HelloOk || parsePayload(helloOkSchema, f.payload)?.nonce === nonce;
       const reply = await channel.mutex.runExclusive(() =>
-        channel.roundTrip(encodeFrame(FrameType.Hello, 0, nonce, hello), { conn: undefined, req: nonce, method: 'connect', timeoutMs, retry, lineBytes: hello.length + 600 }));
+        channel.roundTrip(encodeFrame(FrameType.Hello, 0, req, hello), { conn: undefined, req, method: 'connect', timeoutMs, retry, lineBytes: hello.length + 600, accept: ours }));
       if (reply.type === FrameType.Error) throw errorFrame(reply, 'connect');
       if (reply.type !== FrameType.HelloOk) throw new Pkcs11Error(CKR.DEVICE_ERROR, 'connect', `unexpected answer 0x${reply.type.toString(16)} to HELLO`);
       const h = parsePayload(helloOkSchema, reply.payload);
@@ -237,7 +241,7 @@ export class Pkcs11Client {
 
   private takeReq(): number {
     const r = this.nextReq;
-    this.nextReq = r >= 0xffffffff ? 1 : r + 1;
+    this.nextReq = nextReq(r);
     return r;
   }
 }

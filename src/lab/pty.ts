@@ -51,14 +51,17 @@ export function isCookedEcho(sttyOutput: string): boolean {
  * The ptys are left in their default state (cooked, echo on) like a freshly
  * booted serial port; this is verified before returning.
  */
-export async function createPtyPair(): Promise<PtyPair> {
+export async function createPtyPair(opts: { dumpDir?: boolean } = {}): Promise<PtyPair> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'p11b-pty-'));
   const serverPath = path.join(dir, 'server-tty');
   const guestPath = path.join(dir, 'guest-tty');
+  // dumpDir: socat copies each direction's bytes to <dir>/left-to-right
+  // (daemon to guest) and <dir>/right-to-left, for counting bytes on the line.
+  const dump = opts.dumpDir ? ['-r', path.join(dir, 'left-to-right'), '-R', path.join(dir, 'right-to-left')] : [];
 
   const proc: ChildProcess = spawn(
     'socat',
-    ['-d', '-d', `pty,link=${serverPath}`, `pty,link=${guestPath}`],
+    ['-d', '-d', ...dump, `pty,link=${serverPath}`, `pty,link=${guestPath}`],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
   let stderr = '';

@@ -6,8 +6,12 @@ import { LIMITS, PROTOCOL_VERSION } from './table.js';
 
 export const SUPPORTED_VERSIONS: readonly [number, number] = [PROTOCOL_VERSION, PROTOCOL_VERSION];
 
+const nonce = z.number().int().min(1).max(0xffffffff);
+
 export const helloSchema = z.object({
   versions: z.tuple([z.number().int().min(0), z.number().int().min(0)]),
+  /** Pairs the HELLO_OK with this HELLO (the header's request id has 16 bits only), and tells a resent HELLO from a new one. */
+  nonce,
   maxPayload: z.number().int().min(LIMITS.minPayload, { error: `maxPayload must be at least ${LIMITS.minPayload}` }),
   client: z.string().max(200).optional(),
 });
@@ -19,6 +23,8 @@ export const helloOkSchema = z.object({
   /** The server closes a connection silent for this long; clients PING well within it. */
   leaseMs: z.number().int().positive().optional(),
   server: z.string().max(200),
+  /** The HELLO's nonce. */
+  nonce,
   /** This connection's key: every later request of the connection carries it in its header. */
   key: z.number().int().min(1).max(0xffffffff),
   module: z.object({

@@ -81,6 +81,8 @@ export const LIMITS = {
   maxFindObjects: limit('maxFindObjects'),
   minPayload: limit('minPayload'),
   defaultMaxPayload: limit('defaultMaxPayload'),
+  /** Connections a port can have: the frame header's connection field is one byte. */
+  maxConnectionsPerPort: limit('maxConnectionsPerPort'),
 } as const;
 
 /** The frame layer's version byte and frame types (protocol.json `frame`). */

@@ -4,15 +4,13 @@
 // the module instance is presumed hung and terminated. One call at a time:
 // a client waits for each answer, so a second request while one is in
 // flight is refused rather than queued.
-import { encodeFrame, FrameType } from '../protocol/frame.js';
+import { encodeFrame, FrameType, isBefore } from '../protocol/frame.js';
 import { pack, peekFirstUint } from '../protocol/msgpack.js';
 import { callById, rvName } from '../protocol/table.js';
 import { CKR } from '../protocol/errors.js';
 import type { Executor } from './executor.js';
 import type { CallGate } from './policy.js';
 import type { PortServer } from './port-server.js';
-
-export const BUSY_INTERVAL_MS = 1000;
 
 export class Connection {
   private lastReq = 0;
@@ -25,6 +23,8 @@ export class Connection {
   calls = 0;
   /** Whether a request with the right key has come: a HELLO repeated after that never replaces it. */
   proven = false;
+  /** Requests that named this connection with a wrong key. */
+  wrongKeys = 0;
 
   constructor(
     readonly id: number,
@@ -109,49 +109,43 @@ export class Connection {
   private async run(req: number, payload: Buffer): Promise<void> {
     const log = this.port.log;
     const id = peekFirstUint(payload);
-    const name = (id !== undefined && callById(id)?.name) || `call ${id}`;
-    const queued = process.hrtime.bigint();
-    const busy = setInterval(() => this.port.send(encodeFrame(FrameType.Busy, this.id, req), 'signal'), BUSY_INTERVAL_MS);
-    let hung: NodeJS.Timeout | undefined;
+    const started = process.hrtime.bigint();
+    // The port's ticker sends BUSY while the call waits or runs, and ends a
+    // call that runs past the limit (no timers per call on the hot path).
+    const running = this.port.track(this.id, req);
     try {
-      // The port's calls take turns (runningCallsPerPort); BUSY covers the wait.
-      const reply = await this.port.calls.runExclusive(() => {
-        hung = setTimeout(() => {
-          log.error({ conn: this.id, req, fn: name, limitMs: this.maxCallMs }, 'call exceeded the time limit; terminating the module instance');
+      // The port's calls take turns (runningCallsPerPort).
+      const reply = await this.port.turn(() => {
+        running.deadline = Date.now() + this.maxCallMs;
+        running.onHung = () => {
+          log.error({ conn: this.id, req, fn: callName(id), limitMs: this.maxCallMs }, 'call exceeded the time limit; terminating the module instance');
           this.executor.kill();
-        }, this.maxCallMs);
+        };
         return this.gate
           ? this.gate.run(payload, (p) => this.executor.call(p), { conn: this.id, req, log })
           : this.executor.call(payload);
       });
       let frame: Buffer;
-      const ms = Number(process.hrtime.bigint() - queued) / 1e6;
       if (reply.ok) {
         frame = encodeFrame(FrameType.Result, this.id, req, reply.payload);
-        const rv = peekFirstUint(reply.payload);
-        log.debug({ conn: this.id, req, fn: name, rv: rv === undefined ? undefined : rvName(rv), ms }, 'call');
+        if (log.debugEnabled) {
+          const rv = peekFirstUint(reply.payload);
+          log.debug({ conn: this.id, req, fn: callName(id), rv: rv === undefined ? undefined : rvName(rv), ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'call');
+        }
       } else {
         frame = encodeFrame(FrameType.Error, this.id, req, pack({ rv: reply.rv, message: reply.message }));
-        log.warn({ conn: this.id, req, fn: name, rv: rvName(reply.rv), err: reply.message, ms }, 'call refused');
+        log.warn({ conn: this.id, req, fn: callName(id), rv: rvName(reply.rv), err: reply.message, ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'call refused');
       }
       this.calls++;
       this.lastReq = req;
       this.lastResponse = frame;
       this.port.send(frame);
     } finally {
-      clearInterval(busy);
-      clearTimeout(hung);
+      this.port.untrack(running);
       this.inflight = undefined;
       this.lastSeen = Date.now();
     }
   }
 }
 
-/**
- * Whether request id `a` comes before `b` on a connection: ids increase by one
- * per request and wrap from 2^32-1 to 1, so "before" means at most 2^31 back.
- */
-export function isBefore(a: number, b: number): boolean {
-  const d = (b - a) >>> 0;
-  return d !== 0 && d < 0x80000000;
-}
+const callName = (id: number | undefined): string => (id !== undefined && callById(id)?.name) || `call ${id}`;

@@ -10,7 +10,9 @@ import { CKR } from '../protocol/errors.js';
 import { helloSchema, negotiateVersion, SUPPORTED_VERSIONS, type HelloOk } from '../protocol/handshake.js';
 import { pack, unpack, unpackUntrusted } from '../protocol/msgpack.js';
 import { callByName, LIMITS, rvName, PROTOCOL_VERSION } from '../protocol/table.js';
-import { openSerial, type ByteLink } from '../transport/server-port.js';
+import { parseAddress, type Link } from '../transport/link.js';
+import { openTty } from '../transport/tty-link.js';
+import { listenUnix, type UnixListener } from '../transport/unix-link.js';
 import { defaultExecutorPath } from '../paths.js';
 import type { Logger } from '../log.js';
 import { Connection } from './connection.js';
@@ -35,8 +37,8 @@ export interface DaemonOptions {
   maxCallMs?: number;
   /** Policy per port path (from the config file); a port without one is unrestricted but for token initialisation. */
   policies?: ReadonlyMap<string, PortPolicy>;
-  /** Opens a port; tests may pass their own. */
-  open?: (path: string) => Promise<ByteLink>;
+  /** Opens a serial port; tests may pass their own (an in-memory link, a faulty line). */
+  open?: (path: string) => Promise<Link>;
 }
 
 export interface ModuleDescription {
@@ -51,13 +53,19 @@ export const DEFAULT_LEASE_MS = 10 * 60_000;
 const NO_POLICY: PortPolicy = { readOnly: false };
 
 interface HelloSeen {
-  conn: number;
+  conn: Connection;
   at: number;
 }
 
+/** Requests with a wrong key a connection takes before it is closed: guessing a key costs its owner the connection, never more. */
+const MAX_WRONG_KEYS = 16;
+
 export class Daemon {
-  private readonly ports: PortServer[] = [];
-  private readonly conns = new Map<number, Connection>();
+  private readonly ports = new Set<PortServer>();
+  private readonly listeners: UnixListener[] = [];
+  private readonly reopening = new Map<string, NodeJS.Timeout>();
+  /** Every connection; each port also keeps its own by connection id. */
+  private readonly conns = new Set<Connection>();
   /** HELLO nonces of the last minute per port, with the connection each one opened. */
   private readonly hellos = new Map<string, HelloSeen>();
   /** Executors per port and in all, counted from spawn until they have exited. */
@@ -98,17 +106,73 @@ export class Daemon {
     const module = await probeModule(executable, opts.module, opts.maxPayload ?? LIMITS.defaultMaxPayload, executorLimits(limits));
     const daemon = new Daemon(opts, module, limits);
     opts.log.info({ sandbox: module.sandbox, ...limits }, 'executor confinement and limits');
-    const open = opts.open ?? ((p: string) => openSerial(p));
     try {
-      for (const path of opts.ports) {
-        const link = await open(path);
-        daemon.ports.push(new PortServer(link, daemon.maxPayload, daemon.handlers, opts.log, limits));
-      }
+      for (const address of opts.ports) await daemon.openPort(address);
     } catch (e) {
-      await Promise.all(daemon.ports.map((p) => p.link.close()));
+      await daemon.closePorts();
       throw e;
     }
     return daemon;
+  }
+
+  /** Serves an address: a serial line, or every connection to a unix socket. */
+  private async openPort(address: string): Promise<void> {
+    const a = parseAddress(address);
+    if (a.kind === 'unix') {
+      this.listeners.push(await listenUnix(a.path, (link) => this.addLink(link, address)));
+      return;
+    }
+    this.addLink(await (this.opts.open ?? ((p: string) => openTty(p)))(address), address);
+  }
+
+  private addLink(link: Link, name: string): void {
+    const port = new PortServer(link, this.maxPayload, this.handlers, this.opts.log, this.limits, name);
+    this.ports.add(port);
+    link.onClose((err) => this.onLinkClosed(port, err));
+  }
+
+  /**
+   * A link ended under us: a serial line whose other end hung up (a guest
+   * VM powered off, a pty closed), or a client of a unix socket that left.
+   * Its connections end; a serial line is opened again once it is back.
+   */
+  private onLinkClosed(port: PortServer, err?: Error): void {
+    if (!this.ports.delete(port)) return;
+    for (const conn of [...port.connections.values()]) this.closeConnection(conn, 'closed: its link ended');
+    port.close();
+    void port.link.close();
+    if (parseAddress(port.name).kind === 'unix') {
+      port.log.info({}, 'client of the socket left');
+      return;
+    }
+    this.opts.log.warn({ port: port.name, err: err?.message }, 'port hung up; opening it again once it is back');
+    this.reopen(port.name);
+  }
+
+  private reopen(address: string): void {
+    if (this.stopping || this.reopening.has(address)) return;
+    const attempt = () => {
+      this.reopening.delete(address);
+      if (this.stopping) return;
+      this.openPort(address).then(
+        () => this.opts.log.info({ port: address }, 'port open again'),
+        () => this.reopening.set(address, setTimeout(attempt, 1000).unref()),
+      );
+    };
+    this.reopening.set(address, setTimeout(attempt, 1000).unref());
+  }
+
+  private async closePorts(): Promise<void> {
+    for (const t of this.reopening.values()) clearTimeout(t);
+    this.reopening.clear();
+    await Promise.all(this.listeners.splice(0).map((l) => l.close()));
+    const ports = [...this.ports];
+    this.ports.clear();
+    await Promise.all(ports.map(async (p) => {
+      await Promise.race([p.drain(), new Promise((r) => setTimeout(r, 2000))]);
+      p.close();
+      await p.link.close();
+    }));
   }
 
   get connectionCount(): number {
@@ -121,9 +185,9 @@ export class Daemon {
   }
 
   stats(): Array<{ port: string; connections: number; executors: number; queuedBytes: number } & PortServer['stats']> {
-    return this.ports.map((p) => ({
+    return [...this.ports].map((p) => ({
       port: p.path,
-      connections: [...this.conns.values()].filter((c) => c.port === p).length,
+      connections: p.connections.size,
       executors: this.executorsByPort.get(p.path) ?? 0,
       queuedBytes: p.queuedBytes,
       ...p.stats,
@@ -142,11 +206,7 @@ export class Daemon {
     this.conns.clear();
     await Promise.all(closing.map((c) => c.executor.close()));
     await this.probe.close();
-    await Promise.all(this.ports.map(async (p) => {
-      await Promise.race([p.drain(), new Promise((r) => setTimeout(r, 2000))]);
-      p.close();
-      await p.link.close();
-    }));
+    await this.closePorts();
   }
 
   private readonly handlers = {
@@ -162,14 +222,15 @@ export class Daemon {
    * port's budget, none), so an answer tells a guesser nothing.
    */
   private authenticate(port: PortServer, f: Frame, what: string): Connection | undefined {
-    const conn = this.conns.get(f.conn);
-    if (conn && conn.port === port && conn.key === f.key) {
+    const conn = port.connections.get(f.conn);
+    if (conn && conn.key === f.key) {
       conn.proven = true;
       return conn;
     }
     if (conn) {
       port.stats.badKeys++;
       port.log.warn({ conn: f.conn, req: f.req, frame: what }, 'request with a wrong connection key refused');
+      if (++conn.wrongKeys >= MAX_WRONG_KEYS) this.closeConnection(conn, `closed: ${MAX_WRONG_KEYS} requests with a wrong key`);
     } else {
       port.log.info({ conn: f.conn, req: f.req, frame: what }, 'request for an unknown connection');
     }
@@ -203,10 +264,11 @@ export class Daemon {
   /** Closes connections whose app went quiet past the lease (killed, VM rebooted). */
   private expireIdle(): void {
     const now = Date.now();
-    for (const [id, conn] of this.conns) {
+    for (const conn of this.conns) {
       if (!conn.idle || now - conn.lastSeen <= this.leaseMs) continue;
-      this.conns.delete(id);
-      this.opts.log.info({ port: conn.portPath, conn: id, idleMs: now - conn.lastSeen, calls: conn.calls }, 'connection expired');
+      this.conns.delete(conn);
+      conn.port.connections.delete(conn.id);
+      this.opts.log.info({ port: conn.portPath, conn: conn.id, idleMs: now - conn.lastSeen, calls: conn.calls }, 'connection expired');
       void conn.executor.close();
     }
     for (const [k, v] of this.hellos) if (now - v.at > HELLO_REPLAY_MS) this.hellos.delete(k);
@@ -234,15 +296,14 @@ export class Daemon {
     // A repeated HELLO (the answer was lost, so the app sends it again) gets a
     // new connection with a new key; the earlier one is closed if its app
     // never used it. A nonce whose connection is in use is never served again.
-    const nonceKey = `${port.path}:${f.req}`;
+    const nonceKey = `${port.path}:${hello.nonce}`;
     const seen = this.hellos.get(nonceKey);
-    if (seen && Date.now() - seen.at <= HELLO_REPLAY_MS) {
-      const earlier = this.conns.get(seen.conn);
-      if (earlier?.proven) {
-        port.log.warn({ req: f.req, conn: seen.conn, client }, 'HELLO repeats the nonce of a connection in use: refused');
+    if (seen && Date.now() - seen.at <= HELLO_REPLAY_MS && this.conns.has(seen.conn)) {
+      if (seen.conn.proven) {
+        port.log.warn({ req: f.req, conn: seen.conn.id, client }, 'HELLO repeats the nonce of a connection in use: refused');
         return port.sendError(0, f.req, CKR.DEVICE_ERROR, 'this HELLO nonce opened a connection that is in use; send a HELLO with a new nonce', 'signal');
       }
-      if (earlier) this.closeConnection(earlier, 'replaced by a repeated HELLO');
+      this.closeConnection(seen.conn, 'replaced by a repeated HELLO');
     }
 
     const perPort = this.executorsByPort.get(port.path) ?? 0;
@@ -252,26 +313,32 @@ export class Daemon {
       return port.sendError(0, f.req, CKR.DEVICE_ERROR, `too many connections ${where}; close unused ones (C_Finalize) and try again`, 'signal');
     }
 
-    const id = this.newConnectionId();
     const key = randomInt(1, 0x100000000);
     const maxPayload = Math.min(this.maxPayload, hello.maxPayload);
+    let id = 0;
     const executor = new Executor({
       executable: this.executable, module: this.opts.module, maxPayload, limits: executorLimits(this.limits),
       onStderr: (line) => port.log.warn({ conn: id, line }, 'executor stderr'),
     });
     this.countExecutor(port.path, executor);
-    this.hellos.set(nonceKey, { conn: id, at: Date.now() });
     if (!(await executor.started)) {
       // EMFILE, EAGAIN, a missing executor: this app is refused; the daemon and its other apps go on.
       const why = executor.ending?.info ?? 'cannot start executor';
       port.log.error({ client, err: why }, 'connection refused: cannot start an executor');
       return port.sendError(0, f.req, CKR.DEVICE_ERROR, `the server cannot start a module instance for this app now (${why}); try again later`, 'signal');
     }
+    id = this.newConnectionId(port);
+    if (id === 0 || this.stopping) {
+      void executor.close();
+      return port.sendError(0, f.req, CKR.DEVICE_ERROR, `no free connection on ${port.path}; try again later`, 'signal');
+    }
     const conn = new Connection(id, key, port, executor, maxPayload, this.opts.maxCallMs, this.gates.get(port.path));
-    this.conns.set(id, conn);
+    this.conns.add(conn);
+    port.connections.set(id, conn);
+    this.hellos.set(nonceKey, { conn, at: Date.now() });
     void executor.exited.then(() => {
-      if (this.conns.get(id) !== conn) return;
-      this.conns.delete(id);
+      if (!this.conns.delete(conn)) return;
+      port.connections.delete(id);
       const e = executor.ending;
       port.log.warn({ conn: id, exit: e?.info, code: e?.code, signal: e?.signal }, 'executor ended unexpectedly; connection closed');
     });
@@ -280,6 +347,7 @@ export class Daemon {
       maxPayload,
       leaseMs: this.leaseMs,
       server: `p11bridge/${VERSION}`,
+      nonce: hello.nonce,
       key,
       module: { info: this.module.info, functions: this.module.functions },
     };
@@ -306,8 +374,8 @@ export class Daemon {
   }
 
   private closeConnection(conn: Connection, why: string): void {
-    if (this.conns.get(conn.id) !== conn) return;
-    this.conns.delete(conn.id);
+    if (!this.conns.delete(conn)) return;
+    conn.port.connections.delete(conn.id);
     conn.port.log.info({ conn: conn.id, calls: conn.calls, ...conn.retryStats }, `connection ${why}`);
     void conn.close();
   }
@@ -322,11 +390,11 @@ export class Daemon {
     });
   }
 
-  private newConnectionId(): number {
-    for (;;) {
-      const id = randomInt(1, 0x100000000);
-      if (!this.conns.has(id)) return id;
-    }
+  /** A connection id free on the port (1 .. 255, chosen at random), or 0 if none is. */
+  private newConnectionId(port: PortServer): number {
+    const free: number[] = [];
+    for (let id = 1; id <= LIMITS.maxConnectionsPerPort; id++) if (!port.connections.has(id)) free.push(id);
+    return free.length ? free[randomInt(free.length)]! : 0;
   }
 }
 

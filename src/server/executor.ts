@@ -4,7 +4,10 @@
 // confined and limited (native/src/exec_sandbox.c); what it prints goes to the
 // daemon's log, never to the guest.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync } from 'node:fs';
 import { createInterface } from 'node:readline';
+import { FdStream } from '../transport/fd-stream.js';
+import { io } from '../transport/io.js';
 import { CKR } from '../protocol/errors.js';
 import { errorSchema, parsePayload } from '../protocol/handshake.js';
 import { printable } from './guest-log.js';
@@ -45,9 +48,15 @@ export function executorArgs(opts: ExecutorOptions): string[] {
 
 export class Executor {
   private readonly proc: ChildProcess | undefined;
+  /** To the executor's stdin and from its stdout: our own pipes, read and written without stream machinery. */
+  private toExec: FdStream | undefined;
+  private fromExec: FdStream | undefined;
   private readonly pending: Pending[] = [];
-  private buf: Buffer = Buffer.alloc(0);
+  private chunks: Buffer[] = [];
+  private have = 0;
   private exitInfo: string | undefined;
+  /** Why the daemon killed it, if it did. */
+  private fatal: string | undefined;
   private exitCode: number | null = null;
   private exitSignal: NodeJS.Signals | null = null;
   readonly exited: Promise<void>;
@@ -60,34 +69,64 @@ export class Executor {
     let resolveStart!: (ok: boolean) => void;
     this.exited = new Promise((resolve) => (resolveExit = resolve));
     this.started = new Promise((resolve) => (resolveStart = resolve));
+    const fds: number[] = [];
     try {
-      proc = spawn(opts.executable, executorArgs(opts), { stdio: ['pipe', 'pipe', 'pipe'], env: opts.env ?? process.env });
+      const [childIn, parentOut] = io().pipe();
+      fds.push(childIn, parentOut);
+      const [parentIn, childOut] = io().pipe();
+      fds.push(parentIn, childOut);
+      proc = spawn(opts.executable, executorArgs(opts), { stdio: [childIn, childOut, 'pipe'], env: opts.env ?? process.env });
+      closeSync(childIn);
+      closeSync(childOut);
+      fds.length = 0;
+      this.toExec = new FdStream(parentOut, { data: () => {}, end: () => {} });
+      this.fromExec = new FdStream(parentIn, { data: (chunk) => this.onData(chunk), end: () => settle('stdout') });
+      this.fromExec.resume();
     } catch (err) {
       // EMFILE, EAGAIN, ENOMEM: this app gets no executor; the daemon goes on.
+      for (const fd of fds) {
+        try {
+          closeSync(fd);
+        } catch {
+          /* already closed */
+        }
+      }
       this.exitInfo = `cannot start executor: ${(err as Error).message}`;
       resolveStart(false);
       resolveExit();
     }
     this.proc = proc;
     if (!proc) return;
-    proc.on('spawn', () => resolveStart(true));
-    proc.on('error', (err) => {
-      this.exitInfo ??= `cannot start executor: ${err.message}`;
-      resolveStart(false);
+    // It has ended once it exited and its last answers are read (its stdout
+    // ended): the exit may be seen first.
+    let exitedProc = false, stdoutEnded = false, note = '';
+    const settle = (what: 'exit' | 'stdout' | 'error') => {
+      if (what === 'stdout') stdoutEnded = true;
+      else exitedProc = true;
+      if (this.exitInfo !== undefined || !exitedProc || (!stdoutEnded && what !== 'error')) {
+        if (exitedProc && !stdoutEnded) setTimeout(() => settle('error'), 1000).unref();
+        return;
+      }
+      this.exitInfo = this.fatal ?? note;
       this.failPending();
       resolveExit();
+    };
+    proc.on('spawn', () => resolveStart(true));
+    proc.on('error', (err) => {
+      note = `cannot start executor: ${err.message}`;
+      resolveStart(false);
+      settle('error');
     });
     proc.on('exit', (code, signal) => {
       resolveStart(true);
+      this.toExec?.close();
       this.exitCode = code;
       this.exitSignal = signal;
-      this.exitInfo ??= signal ? `executor killed by ${signal}` : `executor exited with code ${code}`;
-      this.failPending();
-      resolveExit();
+      note = signal ? `executor killed by ${signal}` : `executor exited with code ${code}`;
+      settle('exit');
     });
-    // A write to (or read from) an executor that just died must not take the daemon down.
-    for (const s of [proc.stdin, proc.stdout, proc.stderr]) s?.on('error', () => {});
-    proc.stdout?.on('data', (chunk: Buffer) => this.onData(chunk));
+    // A read from an executor that just died must not take the daemon down.
+    proc.stderr?.on('error', () => {});
     if (proc.stderr) {
       const lines = createInterface({ input: proc.stderr, crlfDelay: Infinity });
       lines.on('line', (line) => opts.onStderr?.(printable(line, 500)));
@@ -111,19 +150,22 @@ export class Executor {
 
   /** Sends one CALL payload; the replies come back in order. */
   call(payload: Uint8Array): Promise<ExecutorReply> {
-    if (!this.alive || !this.proc?.stdin) return Promise.resolve(this.deadReply());
+    const out = this.toExec;
+    if (!this.alive || !out) return Promise.resolve(this.deadReply());
     return new Promise((resolve) => {
       this.pending.push({ resolve });
-      const head = Buffer.allocUnsafe(4);
-      head.writeUInt32BE(payload.length, 0);
-      this.proc!.stdin!.write(head);
-      this.proc!.stdin!.write(payload);
+      // one write: a 4-byte big-endian length, then the payload
+      const msg = Buffer.allocUnsafe(4 + payload.length);
+      msg.writeUInt32BE(payload.length, 0);
+      msg.set(payload, 4);
+      // a write to an executor that just died fails; its exit answers the call
+      out.write(msg).catch(() => {});
     });
   }
 
   /** Closes stdin: the executor finalizes the module and exits (killed after graceMs). */
   async close(graceMs = 5000): Promise<void> {
-    if (this.alive) this.proc?.stdin?.end();
+    if (this.alive) this.toExec?.close();
     const timer = setTimeout(() => this.proc?.kill('SIGKILL'), graceMs);
     await this.exited;
     clearTimeout(timer);
@@ -134,26 +176,55 @@ export class Executor {
   }
 
   private onData(chunk: Buffer): void {
-    this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
-    while (this.buf.length >= 4) {
-      const len = this.buf.readUInt32BE(0);
+    this.chunks.push(chunk);
+    this.have += chunk.length;
+    while (this.have >= 4) {
+      const len = this.peekLength();
       if (len > this.opts.maxPayload + 65536) {
-        this.exitInfo = `executor sent an oversize reply (${len} bytes)`;
+        this.fatal = `executor sent an oversize reply (${len} bytes)`;
         this.proc?.kill('SIGKILL');
         return;
       }
-      if (this.buf.length < 4 + len) return;
-      const payload = this.buf.subarray(4, 4 + len);
-      this.buf = this.buf.subarray(4 + len);
+      if (this.have < 4 + len) return;
+      const payload = this.take(4 + len).subarray(4);
       const p = this.pending.shift();
       if (p) p.resolve(this.toReply(payload));
     }
   }
 
+  private peekLength(): number {
+    const first = this.chunks[0]!;
+    if (first.length >= 4) return first.readUInt32BE(0);
+    return Buffer.concat(this.chunks, 4).readUInt32BE(0);
+  }
+
+  /** The next n bytes: a slice of one chunk where they lie in one, else joined once. */
+  private take(n: number): Buffer {
+    this.have -= n;
+    const first = this.chunks[0]!;
+    if (first.length >= n) {
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+      return first.subarray(0, n);
+    }
+    const out = Buffer.allocUnsafe(n);
+    let off = 0;
+    while (off < n) {
+      const c = this.chunks[0]!;
+      const k = Math.min(c.length, n - off);
+      c.copy(out, off, 0, k);
+      off += k;
+      if (k === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(k);
+    }
+    return out;
+  }
+
   private toReply(payload: Buffer): ExecutorReply {
     const b0 = payload[0] ?? 0;
     const isMap = (b0 >= 0x80 && b0 <= 0x8f) || b0 === 0xde || b0 === 0xdf;
-    if (!isMap) return { ok: true, payload: Buffer.from(payload) };
+    // FdStream hands over fresh buffers: the payload is ours to keep
+    if (!isMap) return { ok: true, payload };
     const parsed = parsePayload(errorSchema, payload);
     return parsed
       ? { ok: false, rv: parsed.rv, message: parsed.message }
@@ -166,6 +237,8 @@ export class Executor {
   }
 
   private failPending(): void {
+    this.fromExec?.close();
+    this.toExec?.close();
     for (const p of this.pending.splice(0)) p.resolve(this.deadReply());
   }
 }

@@ -1,8 +1,11 @@
 // Log lines a guest can cause (refused calls, malformed frames, wrong
 // connection keys ...), limited per port: a guest that sends garbage as fast
 // as the line allows must not fill the trusted VM's disk. Lines over the
-// rate are counted by message and summed up in one line every 10 s. Debug
-// lines (every call), which an operator turns on on purpose, are not limited.
+// rate are counted by message and summed up in one line every 10 s. Each
+// message also has its own quarter of the rate, so that a flood of one kind
+// (refused calls) never silences the others (the port pausing, a stuck line).
+// Debug lines (every call), which an operator turns on on purpose, are not
+// limited.
 import type { Logger } from '../log.js';
 
 type Level = 'debug' | 'info' | 'warn' | 'error';
@@ -18,6 +21,8 @@ export interface LineLog {
 export class GuestLog implements LineLog {
   private tokens: number;
   private refilled = Date.now();
+  /** Per message: its own tokens and when they were last refilled. */
+  private readonly perMessage = new Map<string, { tokens: number; refilled: number }>();
   private readonly suppressed = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
 
@@ -28,6 +33,11 @@ export class GuestLog implements LineLog {
     private readonly summaryMs = 10_000,
   ) {
     this.tokens = perSecond;
+  }
+
+  /** Whether debug lines are written at all (callers skip building them otherwise). */
+  get debugEnabled(): boolean {
+    return this.log.isLevelEnabled('debug');
   }
 
   debug(obj: Record<string, unknown>, msg: string): void { this.write('debug', obj, msg); }
@@ -53,8 +63,15 @@ export class GuestLog implements LineLog {
     const now = Date.now();
     this.tokens = Math.min(this.perSecond, this.tokens + ((now - this.refilled) / 1000) * this.perSecond);
     this.refilled = now;
-    if (this.tokens >= 1) {
+    // messages are the code's constant strings: this map stays small
+    const share = Math.max(1, this.perSecond / 4);
+    let m = this.perMessage.get(msg);
+    if (!m) this.perMessage.set(msg, (m = { tokens: share, refilled: now }));
+    m.tokens = Math.min(share, m.tokens + ((now - m.refilled) / 1000) * share);
+    m.refilled = now;
+    if (this.tokens >= 1 && m.tokens >= 1) {
       this.tokens--;
+      m.tokens--;
       this.log[level]({ port: this.port, ...obj }, msg);
       return;
     }

@@ -10,15 +10,15 @@
 // every answer is kept by its connection, so a client that reads again gets
 // it by resending its request. Calls run at most `runningCallsPerPort` at a
 // time; the others wait their turn in order.
-import { Semaphore } from 'async-mutex';
 import { Deframer } from '../protocol/deframer.js';
 import { encodeFrame, FRAME_VERSION, FrameType, isResponseType, type Frame, type FrameHeader } from '../protocol/frame.js';
 import { CKR } from '../protocol/errors.js';
 import { pack } from '../protocol/msgpack.js';
-import type { ByteLink } from '../transport/server-port.js';
+import type { Link } from '../transport/link.js';
 import type { Logger } from '../log.js';
 import { GuestLog } from './guest-log.js';
 import type { Limits } from './limits.js';
+import type { Connection } from './connection.js';
 
 export interface PortHandlers {
   hello(port: PortServer, frame: Frame): void;
@@ -46,12 +46,31 @@ export interface PortStats {
 /** How much a frame matters if the line is backed up. */
 export type Importance = 'answer' | 'signal';
 
+/** A call of the port that waits its turn or runs. */
+export interface RunningCall {
+  readonly conn: number;
+  readonly req: number;
+  /** When BUSY was last sent (or the call came in). */
+  signalled: number;
+  /** When the call is taken for hung, once it runs. */
+  deadline?: number;
+  onHung?: () => void;
+}
+
+/** While a call runs longer than this, its client gets a BUSY frame this often. */
+export const BUSY_INTERVAL_MS = 1000;
+
 export class PortServer {
   readonly stats: PortStats = { framesIn: 0, framesOut: 0, bytesIn: 0, bytesOut: 0, dropped: 0, oversize: 0, ignored: 0, outputDropped: 0, paused: 0, badKeys: 0 };
   /** Log lines caused by this port's guests, rate-limited. */
   readonly log: GuestLog;
-  /** Calls of this port running at once. */
-  readonly calls: Semaphore;
+  /** The connections of this link, by connection id (the daemon keeps them). */
+  readonly connections = new Map<number, Connection>();
+  /** Calls of this port waiting or running, for BUSY frames and the time limit. */
+  private readonly calls = new Set<RunningCall>();
+  private readonly waiting: Array<() => void> = [];
+  private running = 0;
+  private readonly ticker: NodeJS.Timeout;
   private readonly deframer: Deframer;
   private readonly queue: Buffer[] = [];
   private queued = 0;
@@ -63,14 +82,15 @@ export class PortServer {
   private closed = false;
 
   constructor(
-    readonly link: ByteLink,
+    readonly link: Link,
     readonly maxPayload: number,
     private readonly handlers: PortHandlers,
     rootLog: Logger,
     private readonly limits: Limits,
+    /** The port as configured (a device path, unix:/path): what policy and limits key on. */
+    readonly name: string = link.address,
   ) {
-    this.log = new GuestLog(rootLog, link.path, limits.logLinesPerSecond);
-    this.calls = new Semaphore(limits.runningCallsPerPort);
+    this.log = new GuestLog(rootLog, link.address, limits.logLinesPerSecond);
     this.deframer = new Deframer(maxPayload, {
       frame: (f) => this.onFrame(f),
       drop: (reason, bytes) => {
@@ -85,10 +105,52 @@ export class PortServer {
     });
     this.watchdog = setInterval(() => this.checkStuck(), Math.max(100, Math.min(5000, limits.stuckLineMs / 4)));
     this.watchdog.unref();
+    this.ticker = setInterval(() => this.tick(), BUSY_INTERVAL_MS / 5);
+    this.ticker.unref();
   }
 
+  /** Registers a call that has come in: BUSY frames go out for it until untrack(). */
+  track(conn: number, req: number): RunningCall {
+    const c: RunningCall = { conn, req, signalled: Date.now() };
+    this.calls.add(c);
+    return c;
+  }
+
+  untrack(c: RunningCall): void {
+    this.calls.delete(c);
+  }
+
+  /** Runs fn once the port has a free turn (runningCallsPerPort at a time, in order). */
+  async turn<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.running < this.limits.runningCallsPerPort) this.running++;
+    else await new Promise<void>((resolve) => this.waiting.push(resolve)); // the turn is handed over
+    try {
+      return await fn();
+    } finally {
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.running--;
+    }
+  }
+
+  private tick(): void {
+    const now = Date.now();
+    for (const c of this.calls) {
+      if (now - c.signalled >= BUSY_INTERVAL_MS) {
+        c.signalled = now;
+        this.send(encodeFrame(FrameType.Busy, c.conn, c.req), 'signal');
+      }
+      if (c.deadline !== undefined && now >= c.deadline && c.onHung) {
+        const hung = c.onHung;
+        c.onHung = undefined;
+        hung();
+      }
+    }
+  }
+
+  /** The port as configured (several links may share it: the connections to a unix socket). */
   get path(): string {
-    return this.link.path;
+    return this.name;
   }
 
   /** Bytes waiting for the line. */
@@ -129,6 +191,7 @@ export class PortServer {
   close(): void {
     this.closed = true;
     clearInterval(this.watchdog);
+    clearInterval(this.ticker);
     this.log.close();
     this.dropQueue();
   }

@@ -4,7 +4,7 @@
 //
 //   daemon ── pair1.serverPath ═ socat ═ pair1.guestPath ── FaultLink ── pair2.serverPath ═ socat ═ pair2.guestPath ── guest app
 //
-// The relay opens its two ends raw (serialport clears ICANON, ECHO, OPOST)
+// The relay opens its two ends raw (configureTty clears ICANON, ECHO, OPOST)
 // and reads both at all times, so a side that stops reading never fills a
 // pty (a pty holds a few KiB) and stalls the other direction.
 //
@@ -13,7 +13,8 @@
 // `frameRate`, the kind chosen at random among `kinds`. Decisions depend only
 // on the sequence of pieces and the seed (never on how the bytes were
 // chunked), so a run with the same traffic and seed does the same damage.
-import { openSerial, type ByteLink } from '../../src/transport/server-port.js';
+import type { Link } from '../../src/transport/link.js';
+import { openTty } from '../../src/transport/tty-link.js';
 
 export type DamageKind = 'drop' | 'corrupt' | 'duplicate' | 'truncate';
 export const DAMAGE_KINDS: readonly DamageKind[] = ['drop', 'corrupt', 'duplicate', 'truncate'];
@@ -209,8 +210,8 @@ export class FaultLink {
   readonly toServer: FaultyDirection;
   readonly toGuest: FaultyDirection;
 
-  private constructor(private readonly serverSide: ByteLink, private readonly guestSide: ByteLink, opts: FaultLinkOptions) {
-    const write = (link: ByteLink) => (bytes: Buffer) => void link.write(bytes).catch(() => undefined);
+  private constructor(private readonly serverSide: Link, private readonly guestSide: Link, opts: FaultLinkOptions) {
+    const write = (link: Link) => (bytes: Buffer) => void link.write(bytes).catch(() => undefined);
     this.toServer = new FaultyDirection(opts.seed, opts.toServer ?? {}, write(serverSide));
     this.toGuest = new FaultyDirection((opts.seed ^ 0x9e3779b9) >>> 0, opts.toGuest ?? {}, write(guestSide));
     guestSide.onData((chunk) => this.toServer.push(chunk));
@@ -223,10 +224,10 @@ export class FaultLink {
    * the guest app opens pair 2's guest end).
    */
   static async start(daemonSideGuestPath: string, appSideServerPath: string, opts: FaultLinkOptions): Promise<FaultLink> {
-    const serverSide = await openSerial(daemonSideGuestPath, { lock: false });
-    let guestSide: ByteLink;
+    const serverSide = await openTty(daemonSideGuestPath, { lock: false });
+    let guestSide: Link;
     try {
-      guestSide = await openSerial(appSideServerPath, { lock: false });
+      guestSide = await openTty(appSideServerPath, { lock: false });
     } catch (e) {
       await serverSide.close();
       throw e;

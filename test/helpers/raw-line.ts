@@ -5,10 +5,11 @@ import { execFile } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import { promisify } from 'node:util';
 import { Deframer } from '../../src/protocol/deframer.js';
-import { encodeFrame, FrameType, isResponseType, type Frame } from '../../src/protocol/frame.js';
+import { encodeFrame, FrameType, isResponseType, nextReq, type Frame } from '../../src/protocol/frame.js';
 import { SUPPORTED_VERSIONS } from '../../src/protocol/handshake.js';
 import { pack, unpack } from '../../src/protocol/msgpack.js';
-import { openSerial, type ByteLink } from '../../src/transport/server-port.js';
+import type { Link } from '../../src/transport/link.js';
+import { openTty } from '../../src/transport/tty-link.js';
 
 const execFileP = promisify(execFile);
 
@@ -20,11 +21,18 @@ export interface Session {
   req: number;
 }
 
+/** A connection's next request id, advancing it (1 .. 65535, wrapping). */
+export function takeReq(s: Session): number {
+  const req = s.req;
+  s.req = nextReq(req);
+  return req;
+}
+
 export class RawLine {
   private queue: Frame[] = [];
   private waiters: Array<() => void> = [];
   readonly seen: Frame[] = [];
-  private constructor(readonly link: ByteLink) {
+  private constructor(readonly link: Link) {
     const deframer = new Deframer(8 * 1024 * 1024, {
       frame: (f) => {
         if (!isResponseType(f.type)) return; // our own frames, if anything echoes
@@ -41,7 +49,7 @@ export class RawLine {
   static async open(path: string): Promise<RawLine> {
     await execFileP('stty', ['-F', path, 'raw', '-echo']);
     // no flock: other clients may take the port after this closes
-    return new RawLine(await openSerial(path, { lock: false }));
+    return new RawLine(await openTty(path, { lock: false }));
   }
 
   write(bytes: Buffer): Promise<void> {
@@ -66,7 +74,7 @@ export class RawLine {
       if (i !== -1) return this.queue.splice(i, 1)[0]!;
       const left = deadline - Date.now();
       if (left <= 0) {
-        throw new Error(`no answer for req ${req} within ${timeoutMs} ms; seen: ${JSON.stringify(this.seen.slice(-20).map((f) => [f.type, f.conn, f.req]))}`);
+        throw new Error(`no answer for req ${req} within ${timeoutMs} ms; seen: ${JSON.stringify(this.seen.slice(-20).map((f) => [f.type, f.conn, f.req, f.type === FrameType.Error ? unpack(f.payload) : f.payload.length]))}`);
       }
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, left);
@@ -80,16 +88,17 @@ export class RawLine {
 
   /** HELLO with a fresh (or the given) nonce: the connection and its key. */
   async hello(opts: { nonce?: number; maxPayload?: number; client?: string } = {}): Promise<Session> {
-    const nonce = opts.nonce ?? randomInt(1, 0xffffffff);
-    await this.write(encodeFrame(FrameType.Hello, 0, nonce, pack({ versions: SUPPORTED_VERSIONS, maxPayload: opts.maxPayload ?? 1024 * 1024, client: opts.client ?? 'raw-line/1' })));
-    const f = await this.next(nonce);
+    const nonce = opts.nonce ?? randomInt(1, 0x100000000);
+    const req = randomInt(1, 0x10000);
+    await this.write(encodeFrame(FrameType.Hello, 0, req, pack({ versions: SUPPORTED_VERSIONS, nonce, maxPayload: opts.maxPayload ?? 1024 * 1024, client: opts.client ?? 'raw-line/1' })));
+    const f = await this.next(req);
     if (f.type !== FrameType.HelloOk) throw new Error(`HELLO refused: ${JSON.stringify(unpack(f.payload))}`);
     return { conn: f.conn, key: (unpack(f.payload) as { key: number }).key, nonce, req: 1 };
   }
 
   /** One CALL on a connection (payload packed unchecked): the RESULT as a value, or the ERROR as { error }. */
   async call(s: Session, payload: unknown[] | Buffer, timeoutMs?: number): Promise<unknown[] | { error: { rv: number; message: string } }> {
-    const req = s.req++;
+    const req = takeReq(s);
     await this.write(encodeFrame(FrameType.Call, s.conn, req, Buffer.isBuffer(payload) ? payload : pack(payload), s.key));
     const f = await this.next(req, s.conn, timeoutMs);
     if (f.type === FrameType.Error) return { error: unpack(f.payload) as { rv: number; message: string } };
@@ -103,10 +112,10 @@ export class RawLine {
     return Array.isArray(r) ? (r[0] as number) : r.error.rv;
   }
 
-  async bye(s: Session): Promise<Frame> {
-    const req = s.req++;
+  async bye(s: Session, timeoutMs?: number): Promise<Frame> {
+    const req = takeReq(s);
     await this.write(encodeFrame(FrameType.Bye, s.conn, req, undefined, s.key));
-    return this.next(req, s.conn);
+    return this.next(req, s.conn, timeoutMs);
   }
 
   close(): Promise<void> {

@@ -22,7 +22,7 @@ import { REPO_ROOT, startDaemon, type Daemon } from '../helpers/daemon.js';
 import { startGuest, type Guest } from '../helpers/guest.js';
 import { MemoryWatch, sample, type MemorySample } from '../helpers/proc-mem.js';
 import { createPtyPair, type PtyPair } from '../helpers/pty.js';
-import { RawLine, type Session } from '../helpers/raw-line.js';
+import { RawLine, takeReq, type Session } from '../helpers/raw-line.js';
 import { createToken, type SoftHsmToken } from '../helpers/softhsm.js';
 
 const execFileP = promisify(execFile);
@@ -39,6 +39,11 @@ const LIMITS = {
   stuckLineMs: 2000,
   logLinesPerSecond: 20,
   badKeyAnswersPerSecond: 10,
+  // socat's relay couples the two directions of a pty pair: once a guest stops
+  // reading, socat blocks writing to it and stops forwarding the guest's own
+  // requests too, after a few KiB. Only the answers to the requests that got
+  // through can pile up (three of 1 MiB here), so the bound is set below that.
+  maxQueuedOutputBytes: 1024 * 1024,
 };
 
 let token: SoftHsmToken;
@@ -214,38 +219,45 @@ describe('2-4. what a guest can make the daemon and the executors hold is bounde
     const probing = measureProbe(8000);
     // stop reading: the daemon's answers pile up behind a line that takes nothing
     conns[0]!.line.link.pause();
-    let sent = 0;
-    const end = Date.now() + 8000;
-    await Promise.all(conns.map(async (a) => {
-      while (Date.now() < end) {
-        const req = a.s.req++;
-        const write = a.line.write(encodeFrame(FrameType.Call, a.s.conn, req, pack([ID('C_GenerateRandom'), a.h, MiB - 64]), a.s.key)).catch(() => undefined);
-        // a write that blocks means the daemon stopped reading this port: wait, but not past the end
-        await Promise.race([write, sleep(Math.max(0, end - Date.now()))]);
-        sent++;
-      }
-    }));
-    const m = watch.stop();
-    const lat = await probing;
-    const r = record('2. never-reading guest, 3 connections, C_GenerateRandom(1 MiB) requests', m, lat, { requests: sent });
-    expect(logCount('output not draining: port stops reading until it does')).toBeGreaterThan(0);
-    // before: 65 MiB -> 1.5 GiB in 11 s. Now: the queue bound (4 MiB, twice for answers) and one kept answer per connection.
-    expect(r.daemonRss.peak - r.daemonRss.before).toBeLessThan(120);
-    // the stuck line's queue is dropped; then the port serves again
-    await daemon.waitForLog((l) => l.msg === 'line takes nothing: queued output dropped' && l.port === pty.FREE.serverPath, 20_000);
-    await closeLine(pty.FREE);
-    await sleep(500);
-    const bye = await lineOf(pty.FREE);
-    for (const a of conns) await bye.bye(a.s);
-    await closeLine(pty.FREE);
-    const g = await startGuest({ port: pty.FREE.guestPath });
-    cleanups.push(() => g.kill());
-    await g.connect({ timeoutMs: 20_000 });
-    await g.call('C_Initialize');
-    expect((await g.call('C_GetSlotList', true)).length).toBeGreaterThanOrEqual(2);
-    await g.call('C_Finalize');
-    await g.close();
-    await g.exit();
+    try {
+      let sent = 0;
+      const end = Date.now() + 8000;
+      // as many requests as the attack in the issue sent (46 KB): the backlog
+      // the port works off once it is read again stays bounded
+      await Promise.all(conns.map(async (a) => {
+        for (let i = 0; i < 600 && Date.now() < end; i++) {
+          const req = takeReq(a.s);
+          const write = a.line.write(encodeFrame(FrameType.Call, a.s.conn, req, pack([ID('C_GenerateRandom'), a.h, MiB - 64]), a.s.key)).catch(() => undefined);
+          // a write that blocks means the daemon stopped reading this port: wait, but not past the end
+          await Promise.race([write, sleep(Math.max(0, end - Date.now()))]);
+          sent++;
+        }
+      }));
+      const m = watch.stop();
+      const lat = await probing;
+      const r = record('2. never-reading guest, 3 connections, C_GenerateRandom(1 MiB) requests', m, lat, { requests: sent });
+      expect(logCount('output not draining: port stops reading until it does')).toBeGreaterThan(0);
+      // before: 65 MiB -> 1.5 GiB in 11 s. Now: the queue bound (1 MiB here, twice that for answers) and one kept answer per connection.
+      expect(r.daemonRss.peak - r.daemonRss.before).toBeLessThan(120);
+      // the stuck line's queue is dropped; then the port serves again
+      await daemon.waitForLog((l) => l.msg === 'line takes nothing: queued output dropped' && l.port === pty.FREE.serverPath, 20_000);
+      await closeLine(pty.FREE);
+      await sleep(500);
+      const bye = await lineOf(pty.FREE);
+      for (const a of conns) await bye.bye(a.s, 60_000);
+      await closeLine(pty.FREE);
+      const g = await startGuest({ port: pty.FREE.guestPath });
+      cleanups.push(() => g.kill());
+      await g.connect({ timeoutMs: 20_000 });
+      await g.call('C_Initialize');
+      expect((await g.call('C_GetSlotList', true)).length).toBeGreaterThanOrEqual(2);
+      await g.call('C_Finalize');
+      await g.close();
+      await g.exit();
+    } finally {
+      // a failure above must not leave the shared FREE line paused for the tests after it
+      await closeLine(pty.FREE);
+    }
   });
 
   it('3. one call at a time per connection: thousands of requests behind a slow one are refused, not queued', { timeout: 90_000 }, async () => {
@@ -253,13 +265,13 @@ describe('2-4. what a guest can make the daemon and the executors hold is bounde
     const watch = new MemoryWatch(daemon.pid);
     const probing = measureProbe(6000);
     // the slow call: RSA-4096 key generation
-    const slowReq = s.req++;
+    const slowReq = takeReq(s);
     await line.write(encodeFrame(FrameType.Call, s.conn, slowReq, pack([ID('C_GenerateKeyPair'), h, [pk.CKM_RSA_PKCS_KEY_PAIR_GEN],
       [[pk.CKA_MODULUS_BITS, 4096], [pk.CKA_PUBLIC_EXPONENT, Buffer.from([1, 0, 1])], [pk.CKA_TOKEN, false]], [[pk.CKA_TOKEN, false], [pk.CKA_PRIVATE, false], [pk.CKA_SIGN, true]]]), s.key));
     const n = 2000;
     const first = s.req;
     const big = pack([ID('C_GenerateRandom'), h, MiB - 64]);
-    for (let i = 0; i < n; i++) await line.write(encodeFrame(FrameType.Call, s.conn, s.req++, big, s.key));
+    for (let i = 0; i < n; i++) await line.write(encodeFrame(FrameType.Call, s.conn, takeReq(s), big, s.key));
     const slow = await line.next(slowReq, s.conn, 120_000);
     expect(slow.type).toBe(FrameType.Result);
     expect((unpack(slow.payload) as number[])[0]).toBe(0);
@@ -306,7 +318,7 @@ describe('2-4. what a guest can make the daemon and the executors hold is bounde
 });
 
 describe('5. a connection cannot be taken over by another process on the port', () => {
-  it('a replayed HELLO, guessed ids and wrong keys get nothing; the victim keeps its logged-in connection', { timeout: 60_000 }, async () => {
+  it('a replayed HELLO, guessed ids and wrong keys get nothing; 16 wrong keys end the victim\'s connection rather than let a guess through', { timeout: 60_000 }, async () => {
     const line = await lineOf(pty.BETA);
     // the victim: logged in on token beta
     const victim = await line.hello();
@@ -321,13 +333,17 @@ describe('5. a connection cannot be taken over by another process on the port', 
     expect(replay).toMatch(/nonce opened a connection that is in use/);
     // 2. calls with the victim's id and request ids ahead of it, without the key: as for no connection
     const unknownReply = async (conn: number, key: number, type: number, payload?: Buffer) => {
-      const req = 0x7fff0000 + Math.floor(Math.random() * 1000);
+      const req = 0x7f00 + Math.floor(Math.random() * 200);
       await line.write(encodeFrame(type, conn, req, payload, key));
       const f = await line.next(req, conn >>> 0);
       return { type: f.type, payload: (f.payload.length ? unpack(f.payload) : {}) as { rv: number; message: string } };
     };
     const getInfo = pack([ID('C_GetSessionInfo'), h]);
-    const other = (victim.conn ^ 0x00ff00ff) >>> 0;
+    const other = victim.conn === 255 ? 254 : victim.conn + 1; // a connection that does not exist
+    // (the next connection opened gets another id, so `other` stays unknown)
+    const next = await line.hello();
+    expect(next.conn).not.toBe(other);
+    await line.bye(next);
     const wrong = await unknownReply(victim.conn, (victim.key ^ 0x5a5a5a5a) >>> 0, FrameType.Call, getInfo);
     const none = await unknownReply(other, 12345, FrameType.Call, getInfo);
     expect(wrong.type).toBe(FrameType.Error);
@@ -345,16 +361,21 @@ describe('5. a connection cannot be taken over by another process on the port', 
     // 4. guessing fast: wrong keys are logged, and answered only up to the port's budget
     const before = line.seen.length;
     const t0 = Date.now();
-    for (let i = 0; i < 300; i++) await line.write(encodeFrame(FrameType.Ping, victim.conn, 0x10000 + i, undefined, i + 1));
+    for (let i = 0; i < 300; i++) await line.write(encodeFrame(FrameType.Ping, other, 0x1000 + i, undefined, i + 1));
     await sleep(1500);
     const seconds = (Date.now() - t0) / 1000;
-    const answered = line.seen.slice(before).filter((f) => f.req >= 0x10000 && f.req < 0x10000 + 300).length;
+    const answered = line.seen.slice(before).filter((f) => f.req >= 0x1000 && f.req < 0x1000 + 300).length;
     expect(answered).toBeLessThanOrEqual(Math.ceil(seconds + 1) * LIMITS.badKeyAnswersPerSecond);
     expect(daemon.logs().some((r) => r.msg === 'request with a wrong connection key refused' && r.conn === victim.conn)).toBe(true);
     // the victim is still fine
     expect((await line.call(victim, [ID('C_GetSessionInfo'), h]) as number[])[0]).toBe(0);
-    report.push({ attack: '5. 300 PINGs with guessed keys for a live connection', answered, seconds: Number(seconds.toFixed(1)) });
-    await line.bye(victim);
+    report.push({ attack: '5. 300 PINGs with guessed keys for a connection id', answered, seconds: Number(seconds.toFixed(1)) });
+    // 5. guessing the victim's key: 16 wrong keys end its connection, so no guess gets further
+    for (let i = 0; i < 16; i++) await line.write(encodeFrame(FrameType.Ping, victim.conn, 0x2000 + i, undefined, (victim.key + 1 + i) >>> 0 || 1));
+    await daemon.waitForLog((r) => r.msg === 'connection closed: 16 requests with a wrong key' && r.conn === victim.conn);
+    // the port's budget of refusal answers for this second went to the guesses
+    await sleep(1100);
+    expect(await line.call(victim, [ID('C_GetSessionInfo'), h])).toMatchObject({ error: { rv: RV.CKR_DEVICE_REMOVED } });
   });
 });
 
@@ -378,8 +399,8 @@ describe('6. executors count until they exit, and a busy port does not starve th
       const [, h] = await line.call(s, [ID('C_OpenSession'), slots[0], pk.CKF_SERIAL_SESSION]) as [number, number];
       // 2048-bit DH domain parameters take SoftHSM2 seconds; BYE at once: the
       // executor runs the call to its end (or its time limit) before it exits
-      await line.write(encodeFrame(FrameType.Call, s.conn, s.req++, pack([ID('C_GenerateKey'), h, [pk.CKM_DH_PKCS_PARAMETER_GEN], [[pk.CKA_PRIME_BITS, 2048], [pk.CKA_TOKEN, false], [pk.CKA_PRIVATE, false]]]), s.key));
-      await line.write(encodeFrame(FrameType.Bye, s.conn, s.req++, undefined, s.key));
+      await line.write(encodeFrame(FrameType.Call, s.conn, takeReq(s), pack([ID('C_GenerateKey'), h, [pk.CKM_DH_PKCS_PARAMETER_GEN], [[pk.CKA_PRIME_BITS, 2048], [pk.CKA_TOKEN, false], [pk.CKA_PRIVATE, false]]]), s.key));
+      await line.write(encodeFrame(FrameType.Bye, s.conn, takeReq(s), undefined, s.key));
       await sleep(200);
     };
     await busy();
@@ -389,7 +410,7 @@ describe('6. executors count until they exit, and a busy port does not starve th
     const third = await line.hello().then(() => 'HELLO_OK', (e: Error) => e.message);
     expect(executors, d.output().split('\n').slice(-12).join('\n')).toBe(2);
     expect(third).toMatch(/too many connections on .* \(2 of 2\)/);
-    expect(d.logs().some((r) => r.msg === 'connection refused: too many connections')).toBe(true);
+    await d.waitForLog((r) => r.msg === 'connection refused: too many connections', 5000);
     // the calls hit their 3 s limit, the executors are killed; then there is room again
     for (let i = 0; i < 100 && sample(d.pid).executors > 0; i++) await sleep(100);
     expect(sample(d.pid).executors).toBe(0);
@@ -420,15 +441,16 @@ describe('6. executors count until they exit, and a busy port does not starve th
       await line.call(s, [ID('C_Initialize')]);
       const [, slots] = await line.call(s, [ID('C_GetSlotList'), true, true]) as [number, number[]];
       const [, h] = await line.call(s, [ID('C_OpenSession'), slots[0], pk.CKF_SERIAL_SESSION]) as [number, number];
-      await line.write(encodeFrame(FrameType.Call, s.conn, s.req++, pack([ID('C_GenerateKeyPair'), h, [pk.CKM_RSA_PKCS_KEY_PAIR_GEN],
+      await line.write(encodeFrame(FrameType.Call, s.conn, takeReq(s), pack([ID('C_GenerateKeyPair'), h, [pk.CKM_RSA_PKCS_KEY_PAIR_GEN],
         [[pk.CKA_MODULUS_BITS, 4096], [pk.CKA_PUBLIC_EXPONENT, Buffer.from([1, 0, 1])], [pk.CKA_TOKEN, false]], [[pk.CKA_TOKEN, false], [pk.CKA_PRIVATE, false]]]), s.key));
-      await line.write(encodeFrame(FrameType.Bye, s.conn, s.req++, undefined, s.key));
+      await line.write(encodeFrame(FrameType.Bye, s.conn, takeReq(s), undefined, s.key));
     }
     const m = watch.stop();
     const lat = await probing;
     record('6. HELLO, RSA-4096 key generation, BYE in a loop for 10 s on one port', m, lat, { opened, refused });
-    // before: 42-43 executors with a limit of 32. Now at most the port's limit, plus the PROBE app's and the token probe's.
-    expect(m.peak.executors).toBeLessThanOrEqual(LIMITS.maxConnectionsPerPort + 2);
+    // before: 42-43 executors with a limit of 32. Now at most the port's limit
+    // on top of those of the other ports (the PROBE app's, ...), which this loop does not touch.
+    expect(m.peak.executors - m.before.executors).toBeLessThanOrEqual(LIMITS.maxConnectionsPerPort);
     await closeLine(pty.FREE);
     await sleep(6000);
   });
@@ -445,7 +467,7 @@ describe('7. a guest cannot flood the log', () => {
     const malformed = Buffer.from([0x92, ID('C_DigestInit'), 0xc1]);
     for (let i = 0; i < 1000; i++) {
       const payload = i % 2 ? denied : malformed;
-      const f = encodeFrame(FrameType.Call, s.conn, s.req++, payload, s.key);
+      const f = encodeFrame(FrameType.Call, s.conn, takeReq(s), payload, s.key);
       sentBytes += f.length;
       await line.write(f);
       // read the answers as they come (they are answered one at a time)
@@ -468,7 +490,7 @@ describe('8. smaller holes', () => {
     const [, all] = await line.call(s, [ID('C_GetSlotList'), false, true]) as [number, number[]];
     // SoftHSM2 keeps its free slot last
     expect(await line.call(s, [ID('C_InitToken'), all.at(-1)!, Buffer.from(SO_PIN), Buffer.from('intruder'.padEnd(32))])).toEqual([RV.CKR_TOKEN_WRITE_PROTECTED]);
-    expect(daemon.logs().some((r) => r.msg === 'call denied by policy' && r.fn === 'C_InitToken')).toBe(true);
+    await daemon.waitForLog((r) => r.msg === 'call denied by policy' && r.fn === 'C_InitToken', 5000);
     await line.bye(s);
   });
 
@@ -483,7 +505,7 @@ describe('8. smaller holes', () => {
     const s = await line.hello({ client: 'evil\u202Egpj.exe\u0007' });
     await line.bye(s);
     expect(daemon.output()).not.toContain('\u202E');
-    expect(daemon.logs().some((r) => r.msg === 'connection opened' && r.client === 'evil\\u{202e}gpj.exe\\u{7}')).toBe(true);
+    await daemon.waitForLog((r) => r.msg === 'connection opened' && r.client === 'evil\\u{202e}gpj.exe\\u{7}', 5000);
   });
 });
 
@@ -529,7 +551,7 @@ describe('8. smaller holes, on a daemon of their own', () => {
     const pid = Number(d.logs().filter((r) => r.msg === 'connection opened').at(-1)!.executorPid);
     process.kill(pid, 'SIGKILL');
     await d.waitForLog((r) => r.msg === 'executor ended unexpectedly; connection closed' && r.signal === 'SIGKILL');
-    expect(d.logs().some((r) => r.msg === 'executor stderr' && /p11bridge-exec: sandbox/.test(String(r.line)))).toBe(true);
+    await d.waitForLog((r) => r.msg === 'executor stderr' && /p11bridge-exec: sandbox/.test(String(r.line)), 5000);
     const r = await line.call(s, [ID('C_GetInfo')]);
     expect(r).toMatchObject({ error: { rv: RV.CKR_DEVICE_REMOVED } });
     for (const f of line.seen.slice(seenBefore)) expect(f.payload.toString('latin1')).not.toMatch(/p11bridge-exec|sandbox/);

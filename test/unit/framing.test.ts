@@ -44,7 +44,7 @@ describe('COBS', () => {
 
 describe('frames', () => {
   it('carry type, connection id, request id and payload', () => {
-    fc.assert(fc.property(fc.constantFrom(...Object.values(FrameType)), fc.nat({ max: 0xffffffff }), fc.nat({ max: 0xffffffff }), fc.integer({ min: 1, max: 0xffffffff }), payloadArb, (type, conn, req, key, payload) => {
+    fc.assert(fc.property(fc.constantFrom(...Object.values(FrameType)), fc.nat({ max: 0xff }), fc.nat({ max: 0xffff }), fc.integer({ min: 1, max: 0xffffffff }), payloadArb, (type, conn, req, key, payload) => {
       const f = decodeFrame(encodeFrame(type, conn, req, payload, key).subarray(1, -1));
       // Only requests on a connection carry the key.
       expect(f).toEqual({ version: FRAME_VERSION, type, conn, req, key: isKeyed(type, conn) ? key : 0, payload: Buffer.from(payload) });
@@ -104,10 +104,10 @@ describe('Deframer', () => {
 
   it('drops an oversize frame, reports its header, and reads the next one', () => {
     const { d, frames, oversize } = collect(1024);
-    d.push(encodeFrame(FrameType.Call, 0xabc, 77, Buffer.alloc(5000, 1)));
-    d.push(encodeFrame(FrameType.Call, 0xabc, 78, Buffer.from('ok')));
+    d.push(encodeFrame(FrameType.Call, 0xab, 77, Buffer.alloc(5000, 1)));
+    d.push(encodeFrame(FrameType.Call, 0xab, 78, Buffer.from('ok')));
     expect(oversize).toHaveLength(1);
-    expect(oversize[0]!.header).toMatchObject({ conn: 0xabc, req: 77, type: FrameType.Call });
+    expect(oversize[0]!.header).toMatchObject({ conn: 0xab, req: 77, type: FrameType.Call });
     expect(frames.map((f) => f.req)).toEqual([78]);
   });
 

@@ -8,7 +8,7 @@ import { FrameType } from '../../src/protocol/frame.js';
 const b = (hex: string) => Buffer.from(hex, 'hex');
 const pad = (s: string, n: number) => Buffer.from(s.padEnd(n, ' '), 'ascii');
 const id = (name: string) => callByName(name).id;
-const CONN = 0x1a2b3c4d;
+const CONN = 7;
 /** The connection's key from HELLO_OK: every request of the connection carries it. */
 const KEY = 0x6b3f90e1;
 const UNAVAILABLE = 0xffffffffffffffffn;
@@ -38,11 +38,11 @@ const res = (name: string, call: string, r: number, rv: number, results?: unknow
 const info = [[2, 40], pad('SoftHSM', 32), 0, pad('Implementation of PKCS11', 32), [2, 6]];
 
 export const MEANINGS: Meaning[] = [
-  { name: 'HELLO', frame: { type: FrameType.Hello, conn: 0, req: 0x5eed1234 }, payload: { versions: [2, 2], maxPayload: 1048576, client: 'p11bridge-ts/0.1.0' } },
-  { name: 'HELLO_OK', frame: { type: FrameType.HelloOk, conn: CONN, req: 0x5eed1234 }, payload: { version: 2, maxPayload: 1048576, server: 'p11bridge/0.1.0', key: KEY, module: { info, functions: [1, 2, 3, 5] } } },
+  { name: 'HELLO', frame: { type: FrameType.Hello, conn: 0, req: 0x1234 }, payload: { versions: [2, 2], nonce: 0x5eed1234, maxPayload: 1048576, client: 'p11bridge-ts/0.1.0' } },
+  { name: 'HELLO_OK', frame: { type: FrameType.HelloOk, conn: CONN, req: 0x1234 }, payload: { version: 2, maxPayload: 1048576, server: 'p11bridge/0.1.0', nonce: 0x5eed1234, key: KEY, module: { info, functions: [1, 2, 3, 5] } } },
   { name: 'PING: is the server there (connection 0, no key)', frame: { type: FrameType.Ping, conn: 0, req: 0x77 }, payload: undefined },
   { name: 'PING: keep a connection alive (keyed)', frame: { type: FrameType.Ping, conn: CONN, req: 30, key: KEY }, payload: undefined },
-  { name: 'ERROR: unknown connection', frame: { type: FrameType.Error, conn: 7, req: 9 }, payload: { rv: RV.CKR_DEVICE_REMOVED, message: 'unknown connection 7' } },
+  { name: 'ERROR: unknown connection', frame: { type: FrameType.Error, conn: 9, req: 9 }, payload: { rv: RV.CKR_DEVICE_REMOVED, message: 'unknown connection 9' } },
   { name: 'BUSY', frame: { type: FrameType.Busy, conn: CONN, req: 12 }, payload: undefined },
   { name: 'BYE', frame: { type: FrameType.Bye, conn: CONN, req: 99, key: KEY }, payload: undefined },
   req('C_Initialize: no arguments', 'C_Initialize', 1, []),

@@ -61,11 +61,12 @@ int pb_lbuf_write(void *data, const char *buf, size_t len);
 void pb_lbuf_free(pb_lbuf *b);
 
 /* HELLO / HELLO_OK / ERROR payloads (PROTOCOL.md section 4) */
-int pb_pack_hello(msgpack_packer *pk, unsigned vmin, unsigned vmax, uint64_t max_payload,
+int pb_pack_hello(msgpack_packer *pk, unsigned vmin, unsigned vmax, uint32_t nonce, uint64_t max_payload,
                   const char *client);
 typedef struct {
   uint64_t version, max_payload, lease_ms;
-  uint32_t key; /* the connection's key (PROTOCOL.md section 4) */
+  uint32_t key;   /* the connection's key (PROTOCOL.md section 4) */
+  uint32_t nonce; /* the HELLO's nonce, echoed */
   char server[201];
   CK_INFO info;
   unsigned char functions[PB_NCALLS + 1]; /* by call id */

@@ -42,11 +42,11 @@ unsigned char *pb_frame_encode(unsigned type, uint32_t conn, uint32_t req, uint3
     free(out);
     return NULL;
   }
-  raw[0] = PB_FRAME_VERSION;
-  raw[1] = (unsigned char)type;
-  put32(raw + 2, conn);
-  put32(raw + 6, req);
-  if (head == PB_KEYED_HEADER_SIZE) put32(raw + 10, key);
+  raw[0] = (unsigned char)type;
+  raw[1] = (unsigned char)conn;
+  raw[2] = (unsigned char)(req >> 8);
+  raw[3] = (unsigned char)req;
+  if (head == PB_KEYED_HEADER_SIZE) put32(raw + 4, key);
   if (len) memcpy(raw + head, payload, len);
   put32(raw + head + len, crc(raw, head + len));
   /* 0x00 COBS(raw) 0x00 */
@@ -105,15 +105,15 @@ int pb_frame_decode(unsigned char *piece, size_t n, pb_frame *f) {
    * the decoders behind it would never see a mutated payload */
   (void)crc(piece, end);
 #endif
-  f->version = piece[0];
-  f->type = piece[1];
-  f->conn = get32(piece + 2);
-  f->req = get32(piece + 6);
+  f->type = piece[0];
+  f->version = PB_VERSION_OF(f->type);
+  f->conn = piece[1];
+  f->req = ((uint32_t)piece[2] << 8) | piece[3];
   size_t head = PB_BASE_HEADER_SIZE;
   f->key = 0;
   if (f->version == PB_FRAME_VERSION && PB_IS_KEYED(f->type, f->conn)) {
     if (end < PB_KEYED_HEADER_SIZE) return -2;
-    f->key = get32(piece + 10);
+    f->key = get32(piece + 4);
     head = PB_KEYED_HEADER_SIZE;
   }
   f->payload = piece + head;

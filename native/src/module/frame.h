@@ -11,14 +11,16 @@
 
 #include "pb_gen.h"
 
-/* version, type, connection id, request id; a request on a connection
- * (conn != 0) adds the connection's key */
-#define PB_BASE_HEADER_SIZE 10
-#define PB_KEYED_HEADER_SIZE 14
+/* type (direction, version, kind), connection (1 byte), request id (2
+ * bytes); a request on a connection (conn != 0) adds the connection's key */
+#define PB_BASE_HEADER_SIZE 4
+#define PB_KEYED_HEADER_SIZE 8
 #define PB_CRC_SIZE 4
 #define PB_MIN_FRAME (PB_BASE_HEADER_SIZE + PB_CRC_SIZE)
+#define PB_MAX_REQ 0xFFFFu
 
-/* whether a frame of this type and connection carries the key */
+/* the frame version in a type byte, and whether a frame carries the key */
+#define PB_VERSION_OF(type) (((type) >> 4) & 7u)
 #define PB_IS_KEYED(type, conn) (((type) & 0x80) == 0 && (conn) != 0)
 
 typedef struct {

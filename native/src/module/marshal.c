@@ -300,13 +300,15 @@ static int pack_str(msgpack_packer *pk, const char *s) {
   return msgpack_pack_str_with_body(pk, s, strlen(s));
 }
 
-int pb_pack_hello(msgpack_packer *pk, unsigned vmin, unsigned vmax, uint64_t max_payload,
+int pb_pack_hello(msgpack_packer *pk, unsigned vmin, unsigned vmax, uint32_t nonce, uint64_t max_payload,
                   const char *client) {
-  int r = msgpack_pack_map(pk, 3);
+  int r = msgpack_pack_map(pk, 4);
   if (r == 0) r = pack_str(pk, "versions");
   if (r == 0) r = msgpack_pack_array(pk, 2);
   if (r == 0) r = msgpack_pack_uint64(pk, vmin);
   if (r == 0) r = msgpack_pack_uint64(pk, vmax);
+  if (r == 0) r = pack_str(pk, "nonce");
+  if (r == 0) r = msgpack_pack_uint64(pk, nonce);
   if (r == 0) r = pack_str(pk, "maxPayload");
   if (r == 0) r = msgpack_pack_uint64(pk, max_payload);
   if (r == 0) r = pack_str(pk, "client");
@@ -339,7 +341,7 @@ int pb_unpack_hello_ok(const unsigned char *payload, size_t len, pb_hello_ok *h,
   msgpack_unpacked up;
   msgpack_unpacked_init(&up);
   int ret = unpack_map(payload, len, &up, err);
-  int have_version = 0, have_max = 0, have_info = 0, have_functions = 0, have_key = 0;
+  int have_version = 0, have_max = 0, have_info = 0, have_functions = 0, have_key = 0, have_nonce = 0;
   if (ret != PB_OK) goto out;
   ret = PB_MALFORMED;
   const msgpack_object_map *m = &up.data.via.map;
@@ -351,6 +353,11 @@ int pb_unpack_hello_ok(const unsigned char *payload, size_t len, pb_hello_ok *h,
     } else if (key_is(k, "maxPayload")) {
       if (u64_of(v, &h->max_payload) || h->max_payload == 0) { pb_fail(err, "maxPayload: expected positive int"); goto out; }
       have_max = 1;
+    } else if (key_is(k, "nonce")) {
+      uint64_t nv;
+      if (u64_of(v, &nv) || nv == 0 || nv > UINT32_MAX) { pb_fail(err, "nonce: expected an int of 1 .. 2^32-1"); goto out; }
+      h->nonce = (uint32_t)nv;
+      have_nonce = 1;
     } else if (key_is(k, "key")) {
       uint64_t kv;
       if (u64_of(v, &kv) || kv == 0 || kv > UINT32_MAX) { pb_fail(err, "key: expected an int of 1 .. 2^32-1"); goto out; }
@@ -387,8 +394,8 @@ int pb_unpack_hello_ok(const unsigned char *payload, size_t len, pb_hello_ok *h,
       }
     }
   }
-  if (!have_version || !have_max || !have_info || !have_functions || !have_key) {
-    pb_fail(err, "HELLO_OK lacks %s", !have_version ? "version" : !have_max ? "maxPayload" : !have_key ? "key"
+  if (!have_version || !have_max || !have_info || !have_functions || !have_key || !have_nonce) {
+    pb_fail(err, "HELLO_OK lacks %s", !have_version ? "version" : !have_max ? "maxPayload" : !have_key ? "key" : !have_nonce ? "nonce"
                                      : !have_info ? "module.info" : "module.functions");
     goto out;
   }

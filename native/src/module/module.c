@@ -225,10 +225,10 @@ static CK_RV transact(unsigned type, const void *payload, size_t len, size_t res
                       uint32_t nonce, pb_response *resp, const char *what) {
   CK_RV rv = port_lock();
   if (rv != CKR_OK) return rv;
-  uint32_t req = nonce;
+  uint32_t req = nonce & PB_MAX_REQ ? nonce & PB_MAX_REQ : 1; /* the header's 16 bits of the nonce */
   if (!hello) {
     req = g.next_req;
-    g.next_req = g.next_req == UINT32_MAX ? 1 : g.next_req + 1;
+    g.next_req = g.next_req >= PB_MAX_REQ ? 1 : g.next_req + 1;
   }
   size_t flen;
   unsigned char *frame = pb_frame_encode(type, hello ? 0 : g.conn, req, hello ? 0 : g.key, payload, len, &flen);
@@ -455,7 +455,7 @@ static CK_RV do_initialize(const CK_C_INITIALIZE_ARGS *args) {
   pb_hello_ok *h = calloc(1, sizeof *h);
   uint32_t nonce;
   random_nonce(&nonce);
-  if (!h || pb_pack_hello(&pk, PB_PROTOCOL_VERSION, PB_PROTOCOL_VERSION, cfg.max_payload, PB_CLIENT_NAME) != 0) {
+  if (!h || pb_pack_hello(&pk, PB_PROTOCOL_VERSION, PB_PROTOCOL_VERSION, nonce, cfg.max_payload, PB_CLIENT_NAME) != 0) {
     rv = CKR_HOST_MEMORY;
     goto fail;
   }
@@ -475,6 +475,10 @@ static CK_RV do_initialize(const CK_C_INITIALIZE_ARGS *args) {
   }
   if (pb_unpack_hello_ok(resp.payload, resp.len, h, &err) != PB_OK) {
     dbg("C_Initialize: malformed HELLO_OK: %s", err.msg);
+    goto fail;
+  }
+  if (h->nonce != nonce) {
+    dbg("C_Initialize: a HELLO_OK for another HELLO (nonce %u, ours %u)", (unsigned)h->nonce, (unsigned)nonce);
     goto fail;
   }
   if (h->version != PB_PROTOCOL_VERSION) {
