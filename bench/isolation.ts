@@ -6,9 +6,9 @@ import { spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Pkcs11Client } from '../src/index.js';
-import { createToken, SOFTHSM_MODULE } from '../src/lab/softhsm.js';
-import { createPtyPair } from '../src/lab/pty.js';
-import { spawnDaemon } from '../src/lab/daemon.js';
+import { createToken, SOFTHSM_MODULE } from '../lab/softhsm.js';
+import { createPtyPair } from '../lab/pty.js';
+import { spawnDaemon } from '../lab/daemon.js';
 import { defaultExecutorPath, packageRoot } from '../src/paths.js';
 import { Executor } from '../src/server/executor.js';
 import { encodeCall } from '../src/protocol/codec.js';
@@ -46,7 +46,7 @@ async function executorRoundTrip(): Promise<number> {
 }
 const pipeUs = await executorRoundTrip();
 const ports = await Promise.all([0, 1, 2, 3, 4, 5].map(() => createPtyPair()));
-const [ptyA, ptyB] = [ports[0]!, ports[1]!];
+const ptyA = ports[0]!;
 const daemon = await spawnDaemon({ module: SOFTHSM_MODULE, ports: ports.map((p) => p.serverPath), env: token.env });
 delete process.env.SOFTHSM2_CONF;
 

@@ -102,8 +102,8 @@ export interface OpResult {
   error?: string;
 }
 
-/** Times one op like p11bench's run(): warm-up, then back to back for about `ms`, at least 5 times. */
-export async function timeOp(b: Bench, op: OpName, ms: number): Promise<OpResult> {
+/** Times one op like p11bench's run(): warm-up, then back to back for about `ms`, at least `min` times. */
+export async function timeOp(b: Bench, op: OpName, ms: number, min = 5): Promise<OpResult> {
   try {
     for (let i = 0; i < 3; i++) await b.run(op);
     const lat: number[] = [];
@@ -113,7 +113,7 @@ export async function timeOp(b: Bench, op: OpName, ms: number): Promise<OpResult
       await b.run(op);
       const t = performance.now();
       lat.push((t - t0) * 1000);
-      if (t - start >= ms && lat.length >= 5) break;
+      if (t - start >= ms && lat.length >= min) break;
     }
     const total = (performance.now() - start) / 1000;
     lat.sort((a, b) => a - b);

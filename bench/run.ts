@@ -18,9 +18,9 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pkcs11js from 'pkcs11js';
 import { Pkcs11Client } from '../src/index.js';
-import { createToken, SOFTHSM_MODULE } from '../src/lab/softhsm.js';
-import { createPtyPair, type PtyPair } from '../src/lab/pty.js';
-import { spawnDaemon } from '../src/lab/daemon.js';
+import { createToken, SOFTHSM_MODULE } from '../lab/softhsm.js';
+import { createPtyPair, type PtyPair } from '../lab/pty.js';
+import { spawnDaemon } from '../lab/daemon.js';
 import { packageRoot } from '../src/paths.js';
 import { OPS, prepare, timeOp, type OpName, type OpResult } from './ops.js';
 
@@ -30,6 +30,8 @@ const ROUNDS = quick ? 1 : 3;
 const BUDGET_MS = quick ? 60 : 300;
 const BYTES_N = quick ? 5 : 20;
 const AGG_MS = quick ? 500 : 2000;
+/** At least this many samples of each op (the key generation's median needs them). */
+const MIN_SAMPLES = quick ? 5 : 15;
 const P11BENCH = join(packageRoot(), 'native', 'build', 'p11bench');
 const BRIDGE_MODULE = join(packageRoot(), 'native', 'build', 'libp11bridge.so');
 const P11KIT_CLIENT = '/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so';
@@ -45,11 +47,24 @@ const floorPty = await createPtyPair();
 const kitPty = await createPtyPair();
 const daemon = await spawnDaemon({ module: SOFTHSM_MODULE, ports: ports.map((p) => p.serverPath), env: token.env });
 const echoServer = spawn(P11BENCH, ['echo-server', floorPty.serverPath], { stdio: 'ignore' });
+// A bench that fails half-way must not leave its relays and servers running.
+process.on('exit', () => {
+  for (const pid of [...ports, floorPty, kitPty].map((p) => p.pid).concat(echoServer.pid ?? [])) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* gone already */
+    }
+  }
+});
 
-/** p11-kit's server, one per client session (it serves one and stays), on the tty itself: no extra relay on its side. */
+/**
+ * p11-kit's server, one per client session (it serves one and stays), behind
+ * a socat on the tty as in the issue's set-up: `p11-kit remote` refuses to run
+ * with a terminal as its stdin.
+ */
 function startP11kit(pty: PtyPair): ChildProcess {
-  const tty = JSON.stringify(pty.serverPath);
-  return spawn('sh', ['-c', `stty -F ${tty} raw -echo && exec p11-kit remote ${SOFTHSM_MODULE} <${tty} >${tty}`],
+  return spawn('socat', [`${pty.serverPath},rawer`, `EXEC:p11-kit remote ${SOFTHSM_MODULE}`],
     { stdio: 'ignore', env: { ...process.env, ...token.env } });
 }
 const stop = async (p: ChildProcess) => {
@@ -61,7 +76,7 @@ const stop = async (p: ChildProcess) => {
 
 async function p11bench(module: string, env: NodeJS.ProcessEnv, count: string, ops: readonly string[]): Promise<OpResult[]> {
   const { stdout } = await execFileP(P11BENCH, ['ops', module, LABEL, pin, count, ...ops],
-    { env: { ...process.env, ...env }, maxBuffer: 1 << 24, timeout: 600_000 });
+    { env: { ...process.env, ...env, P11BENCH_MIN_SAMPLES: String(MIN_SAMPLES) }, maxBuffer: 1 << 24, timeout: 600_000 });
   return stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as OpResult);
 }
 const bridgeEnv = (pty: PtyPair) => ({ TEC_COMM_PORT: pty.guestPath, P11BRIDGE_TIMEOUT_MS: '60000' });
@@ -93,7 +108,7 @@ async function viaNode(kind: 'direct-node' | 'bridge-ts'): Promise<OpResult[]> {
   }
   const b = await prepare(api, LABEL, pin);
   const out: OpResult[] = [];
-  for (const op of OPS) out.push(await timeOp(b, op, BUDGET_MS));
+  for (const op of OPS) out.push(await timeOp(b, op, BUDGET_MS, MIN_SAMPLES));
   await b.close();
   await close();
   return out;
@@ -102,7 +117,7 @@ async function viaNode(kind: 'direct-node' | 'bridge-ts'): Promise<OpResult[]> {
 async function floor(): Promise<OpResult[]> {
   const out: OpResult[] = [];
   for (const size of [64, 65536]) {
-    const { stdout } = await execFileP(P11BENCH, ['echo', floorPty.guestPath, String(size), String(BUDGET_MS * 2)]);
+    const { stdout } = await execFileP(P11BENCH, ['echo', floorPty.guestPath, String(size), String(BUDGET_MS * 2)], { timeout: 60_000 });
     out.push(JSON.parse(stdout) as OpResult);
   }
   return out;

@@ -5,17 +5,17 @@
 // its own that cannot see the token store.
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { createToken, SOFTHSM_MODULE } from '../src/lab/softhsm.js';
-import { createPtyPair } from '../src/lab/pty.js';
-import { spawnDaemon } from '../src/lab/daemon.js';
+import { createToken, SOFTHSM_MODULE } from '../lab/softhsm.js';
+import { createPtyPair } from '../lab/pty.js';
+import { startDaemon } from '../lab/daemon.js';
 import { packageRoot } from '../src/paths.js';
 
 const token = await createToken({ label: 'p11bridge-demo', soPin: 'demo-so-pin', pin: 'demo-user-pin' });
 const pty = await createPtyPair();
 console.log(`trusted VM: SoftHSM2 token "${token.label}" in ${token.dir}`);
 console.log(`serial line: ${pty.serverPath} <-> ${pty.guestPath} (socat pty pair, cooked mode, echo on)`);
-const daemon = await spawnDaemon({ module: SOFTHSM_MODULE, ports: [pty.serverPath], env: token.env });
-console.log(`daemon: p11bridge serve --module ${SOFTHSM_MODULE} --port ${pty.serverPath} (pid ${daemon.proc.pid})`);
+const daemon = await startDaemon({ module: SOFTHSM_MODULE, ports: [pty.serverPath], env: token.env, logLevel: 'info' });
+console.log(`daemon: p11bridge serve --module ${SOFTHSM_MODULE} --port ${pty.serverPath} (pid ${daemon.pid})`);
 console.log('guest app:');
 let code: number | null = 1;
 try {
@@ -26,7 +26,7 @@ try {
   });
   code = await new Promise<number | null>((resolve) => app.on('exit', resolve));
 } finally {
-  const daemonCode = await daemon.stop();
+  const { code: daemonCode } = await daemon.stop();
   console.log(`daemon stopped (exit ${daemonCode})`);
   await pty.kill();
   await token.cleanup();

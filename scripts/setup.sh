@@ -57,20 +57,19 @@ else
 fi
 
 # npm 11 silently skips dependency install scripts unless approved (allowScripts),
-# which leaves native addons unbuilt. Check that they actually load.
+# which leaves native addons unbuilt. Check that the ones in use actually load:
+# pkcs11js (tests and bench load PKCS#11 modules directly with it) and
+# msgpackr-extract (msgpackr's native string decoding, which the daemon and
+# the client get whenever it loads).
 addon_fail=()
 node -e "require('pkcs11js')" >/dev/null 2>&1 || addon_fail+=(pkcs11js)
-node -e "
-  require('serialport');
-  const path = require('path');
-  require('node-gyp-build')(path.dirname(require.resolve('@serialport/bindings-cpp/package.json')));
-" >/dev/null 2>&1 || addon_fail+=(serialport)
+node -e "if (typeof require('msgpackr-extract').extractStrings !== 'function') process.exit(1)" >/dev/null 2>&1 || addon_fail+=(msgpackr-extract)
 if ((${#addon_fail[@]} > 0)); then
   die "native addon(s) failed to load: ${addon_fail[*]}.
        npm 11 skips dependency install scripts unless they are approved in package.json \"allowScripts\"
-       (pkcs11js, @serialport/bindings-cpp, msgpackr-extract, esbuild). Approve them, then run:
+       (pkcs11js, msgpackr-extract, esbuild). Approve them, then run:
          rm -rf node_modules && npm install
-       or rebuild in place: npm rebuild ${addon_fail[*]/serialport/@serialport/bindings-cpp}
+       or rebuild in place: npm rebuild ${addon_fail[*]}
        (details: node -e \"require('${addon_fail[0]}')\")"
 fi
 
@@ -83,6 +82,10 @@ log "tsc -p tsconfig.json"
 [[ -f native/Makefile ]] || die "native/Makefile not found; cannot build the native executor"
 log "make -C native"
 make -s -C native >&2
+log "make -C native/addon"
 make -s -C native/addon >&2
+# the project's own addon (flock, tty set-up, poll watches for the transports)
+node -e "require('./native/build/p11bridge_io.node')" >&2 \
+  || die "native/build/p11bridge_io.node was built but does not load (see the error above)"
 
 log "done"

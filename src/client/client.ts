@@ -57,6 +57,9 @@ export interface RawResult { rv: number; results: unknown[] | undefined }
 const CKR_OK = CKR.OK;
 const CKF_DONT_BLOCK = 1;
 
+// Merged with the interface Pkcs11Client at the end of this file, whose
+// methods the loop there defines on the prototype from the call table.
+// eslint-disable-next-line @typescript-eslint/no-unsafe-declaration-merging
 export class Pkcs11Client {
   private nextReq = 1;
   private closed = false;
@@ -323,7 +326,8 @@ for (const spec of CALLS) {
   });
 }
 
-// The generated methods, typed as pkcs11js types them.
-// eslint-disable-next-line @typescript-eslint/no-empty-object-type
+// The generated methods, typed as pkcs11js types them (defined on the
+// prototype by the loop above, so the merge declares nothing left unset).
+// eslint-disable-next-line @typescript-eslint/no-empty-object-type, @typescript-eslint/no-unsafe-declaration-merging
 export interface Pkcs11Client extends Pkcs11Api {}
 

@@ -102,8 +102,10 @@ export function checkStructure(b: Uint8Array, maxDepth = MAX_DEPTH): string | un
     let items = -1, pairs = false; // items >= 0: a container
     if (t >= 0xa0 && t <= 0xbf) i += t & 0x1f; // fixstr
     else if (t >= 0x90 && t <= 0x9f) items = t & 0x0f;
-    else if (t >= 0x80 && t <= 0x8f) (items = 2 * (t & 0x0f)), (pairs = true);
-    else {
+    else if (t >= 0x80 && t <= 0x8f) {
+      items = 2 * (t & 0x0f);
+      pairs = true;
+    } else {
       const k = TYPE[t]!;
       if (k === NOT_PROTOCOL) {
         return t === 0xc1 ? 'MessagePack byte 0xc1 (never used)'
@@ -117,7 +119,10 @@ export function checkStructure(b: Uint8Array, maxDepth = MAX_DEPTH): string | un
         const len = w === 1 ? b[i]! : w === 2 ? (b[i]! << 8) | b[i + 1]! : ((b[i]! << 24) >>> 0) + (b[i + 1]! << 16) + (b[i + 2]! << 8) + b[i + 3]!;
         i += w;
         if (k < LEN_ITEMS) i += len;
-        else (items = k < LEN_PAIRS ? len : 2 * len), (pairs = k >= LEN_PAIRS);
+        else {
+          items = k < LEN_PAIRS ? len : 2 * len;
+          pairs = k >= LEN_PAIRS;
+        }
       }
     }
     if (i > n) return 'truncated MessagePack (a length beyond the bytes that remain)';

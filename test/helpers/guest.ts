@@ -55,8 +55,10 @@ export interface Guest {
   /** Pkcs11Client.connect(opts) in the guest; opts may omit port (TEC_COMM_PORT is used). */
   connect(opts?: Record<string, unknown>): Promise<void>;
   /** client[method](...args) in the guest. Rejects with GuestError {code, message, method}. */
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- decoded from the guest's JSON; tests use it as a pkcs11js result
   call(method: string, ...args: unknown[]): Promise<any>;
   /** Run an async function body in the guest with c (client), Buffer, Pkcs11Client, state (persists), lib in scope. */
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- decoded from the guest's JSON, whatever the code returns
   eval(code: string): Promise<any>;
   /** client.close() in the guest (the process keeps running). */
   close(): Promise<void>;
@@ -89,7 +91,7 @@ export function encodeValue(v: unknown): unknown {
 }
 
 /** Inverse of encodeValue: {$buf} -> Buffer, {$big} -> bigint, recursively. */
-export function decodeValue(v: unknown): any {
+export function decodeValue(v: unknown): unknown {
   if (Array.isArray(v)) return v.map(decodeValue);
   if (v && typeof v === 'object') {
     const r = v as Record<string, unknown>;
@@ -131,7 +133,7 @@ export async function startGuest(opts: StartGuestOptions): Promise<Guest> {
   // EPIPE when the child died: reported through the pending calls instead.
   proc.stdin!.on('error', () => {});
 
-  type Pending = { resolve: (v: any) => void; reject: (e: Error) => void; timer: NodeJS.Timeout; what: string };
+  type Pending = { resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout; what: string };
   const pending = new Map<number, Pending>();
   let nextId = 1;
   let exitInfo: GuestExit | undefined;
@@ -189,7 +191,7 @@ export async function startGuest(opts: StartGuestOptions): Promise<Guest> {
     });
   });
 
-  const send = (cmd: Record<string, unknown>, what: string): Promise<any> => {
+  const send = (cmd: Record<string, unknown>, what: string): Promise<unknown> => {
     if (exitInfo) return Promise.reject(new Error(`${what}: ${deathMessage()}`));
     const id = nextId++;
     return new Promise((resolve, reject) => {

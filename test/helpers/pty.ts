@@ -1,2 +1,2 @@
-// Re-exported from src/lab, shared with the demo and the benchmarks.
-export * from '../../src/lab/pty.js';
+// Re-exported from lab/, shared with the demo and the benchmarks.
+export * from '../../lab/pty.js';

@@ -13,17 +13,18 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import * as pk from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { encodeFrame, FrameType } from '../../src/protocol/frame.js';
 import { pack, unpack } from '../../src/protocol/msgpack.js';
-import { callId, RV } from '../../src/protocol/table.js';
+import { callId } from '../../src/protocol/table.js';
 import { REPO_ROOT, startDaemon, type Daemon } from '../helpers/daemon.js';
 import { startGuest, type Guest } from '../helpers/guest.js';
+import * as pk from '../helpers/pkcs11.js';
 import { MemoryWatch, sample, type MemorySample } from '../helpers/proc-mem.js';
 import { createPtyPair, type PtyPair } from '../helpers/pty.js';
 import { RawLine, takeReq, type Session } from '../helpers/raw-line.js';
 import { createToken, type SoftHsmToken } from '../helpers/softhsm.js';
+import { aesKeyGen, dataObject, rsaKeyPair, wire } from '../helpers/templates.js';
 
 const execFileP = promisify(execFile);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -73,6 +74,11 @@ beforeAll(async () => {
       { path: pty.PROBE.serverPath },
     ],
     limits: LIMITS,
+    // Seen in about one run in three of test 2: a call of the never-reading
+    // guest that never answers (not yet understood; see the closing note of
+    // issue 9). The daemon's time limit on a call is the defence against a
+    // hung module call; 30 s leaves room for test 3's RSA-4096 generation.
+    maxCallSeconds: 30,
   }));
   daemon = await startDaemon({
     module: token.module,
@@ -169,20 +175,20 @@ const logCount = (msg: string) => daemon.logs().filter((r) => r.msg === msg).len
 describe('1. a guest cannot make the module follow its pointers', () => {
   it('raw byte images of pointer-holding parameters and attributes are refused on the read-only port, the module instance unharmed', async () => {
     const { line, s, h } = await attacker(pty.RO);
-    const gen = await line.call(s, [ID('C_GenerateKey'), h, [pk.CKM_AES_KEY_GEN], [[pk.CKA_VALUE_LEN, 32], [pk.CKA_TOKEN, false], [pk.CKA_PRIVATE, false], [pk.CKA_ENCRYPT, true], [pk.CKA_DECRYPT, true], [pk.CKA_DERIVE, true]]]) as [number, number];
+    const gen = await line.call(s, [ID('C_GenerateKey'), h, [pk.CKM_AES_KEY_GEN], wire(aesKeyGen({ private: false, uses: ['encrypt', 'decrypt', 'derive'] }))]) as [number, number];
     expect(gen[0]).toBe(0);
     const key = gen[1];
     // pointers an attacker would aim at the executor's memory (with ASLR off: the environment, the heap)
     const image = (n: number) => Buffer.concat(Array.from({ length: n / 8 }, () => Buffer.from('0000555555559000', 'hex')));
     const pointerish = [
-      ['C_EncryptInit', [ID('C_EncryptInit'), h, [pk.CKM_AES_GCM, image(48)], key], RV.CKR_MECHANISM_PARAM_INVALID],
-      ['C_DecryptInit', [ID('C_DecryptInit'), h, [pk.CKM_AES_GCM, image(48)], key], RV.CKR_MECHANISM_PARAM_INVALID],
-      ['ECDH1_DERIVE', [ID('C_DeriveKey'), h, [pk.CKM_ECDH1_DERIVE, image(40)], key, [[pk.CKA_TOKEN, false]]], RV.CKR_MECHANISM_PARAM_INVALID],
-      ['AES_ECB_ENCRYPT_DATA', [ID('C_DeriveKey'), h, [pk.CKM_AES_ECB_ENCRYPT_DATA, image(16)], key, [[pk.CKA_TOKEN, false]]], RV.CKR_MECHANISM_PARAM_INVALID],
-      ['AES_CBC_ENCRYPT_DATA', [ID('C_DeriveKey'), h, [pk.CKM_AES_CBC_ENCRYPT_DATA, image(32)], key, [[pk.CKA_TOKEN, false]]], RV.CKR_MECHANISM_PARAM_INVALID],
-      ['WRAP_TEMPLATE in C_CreateObject', [ID('C_CreateObject'), h, [[pk.CKA_CLASS, pk.CKO_SECRET_KEY], [pk.CKA_KEY_TYPE, pk.CKK_AES], [pk.CKA_VALUE, Buffer.alloc(32, 1)], [pk.CKA_WRAP_TEMPLATE, image(48)]]], RV.CKR_ATTRIBUTE_VALUE_INVALID],
-      ['UNWRAP_TEMPLATE in C_CreateObject', [ID('C_CreateObject'), h, [[pk.CKA_CLASS, pk.CKO_SECRET_KEY], [pk.CKA_KEY_TYPE, pk.CKK_AES], [pk.CKA_VALUE, Buffer.alloc(32, 1)], [pk.CKA_UNWRAP_TEMPLATE, image(48)]]], RV.CKR_ATTRIBUTE_VALUE_INVALID],
-      ['WRAP_TEMPLATE in C_GenerateKey', [ID('C_GenerateKey'), h, [pk.CKM_AES_KEY_GEN], [[pk.CKA_VALUE_LEN, 32], [pk.CKA_WRAP_TEMPLATE, image(24)]]], RV.CKR_ATTRIBUTE_VALUE_INVALID],
+      ['C_EncryptInit', [ID('C_EncryptInit'), h, [pk.CKM_AES_GCM, image(48)], key], pk.CKR_MECHANISM_PARAM_INVALID],
+      ['C_DecryptInit', [ID('C_DecryptInit'), h, [pk.CKM_AES_GCM, image(48)], key], pk.CKR_MECHANISM_PARAM_INVALID],
+      ['ECDH1_DERIVE', [ID('C_DeriveKey'), h, [pk.CKM_ECDH1_DERIVE, image(40)], key, [[pk.CKA_TOKEN, false]]], pk.CKR_MECHANISM_PARAM_INVALID],
+      ['AES_ECB_ENCRYPT_DATA', [ID('C_DeriveKey'), h, [pk.CKM_AES_ECB_ENCRYPT_DATA, image(16)], key, [[pk.CKA_TOKEN, false]]], pk.CKR_MECHANISM_PARAM_INVALID],
+      ['AES_CBC_ENCRYPT_DATA', [ID('C_DeriveKey'), h, [pk.CKM_AES_CBC_ENCRYPT_DATA, image(32)], key, [[pk.CKA_TOKEN, false]]], pk.CKR_MECHANISM_PARAM_INVALID],
+      ['WRAP_TEMPLATE in C_CreateObject', [ID('C_CreateObject'), h, [[pk.CKA_CLASS, pk.CKO_SECRET_KEY], [pk.CKA_KEY_TYPE, pk.CKK_AES], [pk.CKA_VALUE, Buffer.alloc(32, 1)], [pk.CKA_WRAP_TEMPLATE, image(48)]]], pk.CKR_ATTRIBUTE_VALUE_INVALID],
+      ['UNWRAP_TEMPLATE in C_CreateObject', [ID('C_CreateObject'), h, [[pk.CKA_CLASS, pk.CKO_SECRET_KEY], [pk.CKA_KEY_TYPE, pk.CKK_AES], [pk.CKA_VALUE, Buffer.alloc(32, 1)], [pk.CKA_UNWRAP_TEMPLATE, image(48)]]], pk.CKR_ATTRIBUTE_VALUE_INVALID],
+      ['WRAP_TEMPLATE in C_GenerateKey', [ID('C_GenerateKey'), h, [pk.CKM_AES_KEY_GEN], [[pk.CKA_VALUE_LEN, 32], [pk.CKA_WRAP_TEMPLATE, image(24)]]], pk.CKR_ATTRIBUTE_VALUE_INVALID],
     ] as const;
     const pid = Number(daemon.logs().filter((r) => r.msg === 'connection opened' && r.port === pty.RO.serverPath).at(-1)!.executorPid);
     for (const [what, payload, want] of pointerish) {
@@ -197,7 +203,8 @@ describe('1. a guest cannot make the module follow its pointers', () => {
     const ct = await line.call(s, [ID('C_Encrypt'), h, Buffer.from('attack at dawn'), 64]) as [number, Buffer];
     expect(ct[0]).toBe(0);
     expect(ct[1].length).toBe(14 + 16);
-    const withTemplate = await line.call(s, [ID('C_GenerateKey'), h, [pk.CKM_AES_KEY_GEN], [[pk.CKA_VALUE_LEN, 32], [pk.CKA_TOKEN, false], [pk.CKA_PRIVATE, false], [pk.CKA_WRAP_TEMPLATE, [[pk.CKA_KEY_TYPE, pk.CKK_AES]]]]]) as number[];
+    const withTemplate = await line.call(s, [ID('C_GenerateKey'), h, [pk.CKM_AES_KEY_GEN],
+      [...wire(aesKeyGen({ private: false, uses: [] })), [pk.CKA_WRAP_TEMPLATE, [[pk.CKA_KEY_TYPE, pk.CKK_AES]]]]]) as number[];
     expect(withTemplate[0]).toBe(0);
     await line.bye(s);
   });
@@ -205,15 +212,15 @@ describe('1. a guest cannot make the module follow its pointers', () => {
   it('CKA_TOKEN true in any encoding but a boolean never passes the read-only check: the value is refused as invalid', async () => {
     const { line, s, h } = await attacker(pty.RO);
     for (const value of [1, [1], Buffer.from([1]), 0xffffffffffffffffn]) {
-      expect(await line.call(s, [ID('C_CreateObject'), h, [[pk.CKA_CLASS, pk.CKO_DATA], [pk.CKA_TOKEN, value]]])).toEqual([RV.CKR_ATTRIBUTE_VALUE_INVALID]);
+      expect(await line.call(s, [ID('C_CreateObject'), h, [[pk.CKA_CLASS, pk.CKO_DATA], [pk.CKA_TOKEN, value]]])).toEqual([pk.CKR_ATTRIBUTE_VALUE_INVALID]);
     }
-    expect(await line.call(s, [ID('C_CreateObject'), h, [[pk.CKA_CLASS, pk.CKO_DATA], [pk.CKA_TOKEN, true]]])).toEqual([RV.CKR_TOKEN_WRITE_PROTECTED]);
+    expect(await line.call(s, [ID('C_CreateObject'), h, [[pk.CKA_CLASS, pk.CKO_DATA], [pk.CKA_TOKEN, true]]])).toEqual([pk.CKR_TOKEN_WRITE_PROTECTED]);
     await line.bye(s);
   });
 });
 
 describe('2-4. what a guest can make the daemon and the executors hold is bounded', () => {
-  it('2. a guest that never reads: output queued for its port stays bounded, and the port recovers', { timeout: 90_000 }, async () => {
+  it('2. a guest that never reads: output queued for its port stays bounded, and the port recovers', { timeout: 150_000 }, async () => {
     const conns = [await attacker(pty.FREE), await attacker(pty.FREE), await attacker(pty.FREE)];
     const watch = new MemoryWatch(daemon.pid);
     const probing = measureProbe(8000);
@@ -267,7 +274,7 @@ describe('2-4. what a guest can make the daemon and the executors hold is bounde
     // the slow call: RSA-4096 key generation
     const slowReq = takeReq(s);
     await line.write(encodeFrame(FrameType.Call, s.conn, slowReq, pack([ID('C_GenerateKeyPair'), h, [pk.CKM_RSA_PKCS_KEY_PAIR_GEN],
-      [[pk.CKA_MODULUS_BITS, 4096], [pk.CKA_PUBLIC_EXPONENT, Buffer.from([1, 0, 1])], [pk.CKA_TOKEN, false]], [[pk.CKA_TOKEN, false], [pk.CKA_PRIVATE, false], [pk.CKA_SIGN, true]]]), s.key));
+      ...rsaKeyPair({ bits: 4096, private: false }).map(wire)]), s.key));
     const n = 2000;
     const first = s.req;
     const big = pack([ID('C_GenerateRandom'), h, MiB - 64]);
@@ -301,7 +308,7 @@ describe('2-4. what a guest can make the daemon and the executors hold is bounde
     const rvs = new Map<number, number>();
     await Promise.all([a, b].map(async ({ line, s, h }) => {
       for (let i = 0; i < 120; i++) {
-        const rv = await line.rv(s, [ID('C_CreateObject'), h, [[pk.CKA_CLASS, pk.CKO_DATA], [pk.CKA_TOKEN, false], [pk.CKA_PRIVATE, false], [pk.CKA_VALUE, Buffer.alloc(1000 * 1024, i)]]], 30_000);
+        const rv = await line.rv(s, [ID('C_CreateObject'), h, wire(dataObject({ private: false, value: Buffer.alloc(1000 * 1024, i) }))], 30_000);
         rvs.set(rv, (rvs.get(rv) ?? 0) + 1);
         if (rv !== 0) break;
       }
@@ -347,17 +354,17 @@ describe('5. a connection cannot be taken over by another process on the port', 
     const wrong = await unknownReply(victim.conn, (victim.key ^ 0x5a5a5a5a) >>> 0, FrameType.Call, getInfo);
     const none = await unknownReply(other, 12345, FrameType.Call, getInfo);
     expect(wrong.type).toBe(FrameType.Error);
-    expect(wrong.payload.rv).toBe(RV.CKR_DEVICE_REMOVED);
+    expect(wrong.payload.rv).toBe(pk.CKR_DEVICE_REMOVED);
     // the same answer as for a connection that does not exist: nothing to tell a right id from a wrong one
     expect(wrong.payload.message.replace(String(victim.conn), 'N')).toBe(none.payload.message.replace(String(other), 'N'));
-    expect((await unknownReply(victim.conn, 0, FrameType.Ping)).payload.rv).toBe(RV.CKR_DEVICE_REMOVED);
+    expect((await unknownReply(victim.conn, 0, FrameType.Ping)).payload.rv).toBe(pk.CKR_DEVICE_REMOVED);
     // a BYE without the key ends nothing
     const bye = await unknownReply(victim.conn, victim.key + 1, FrameType.Bye);
     expect(bye.type).toBe(FrameType.ByeOk);
     // 3. the victim's next request runs (it was not made stale by the attacker's ids), still logged in
     const info = await line.call(victim, [ID('C_GetSessionInfo'), h]) as [number, number[]];
     expect(info[0]).toBe(0);
-    expect(info[1][1]).toBe(1); // CKS_RO_USER_FUNCTIONS
+    expect(info[1][1]).toBe(pk.CKS_RO_USER_FUNCTIONS);
     // 4. guessing fast: wrong keys are logged, and answered only up to the port's budget
     const before = line.seen.length;
     const t0 = Date.now();
@@ -375,7 +382,7 @@ describe('5. a connection cannot be taken over by another process on the port', 
     await daemon.waitForLog((r) => r.msg === 'connection closed: 16 requests with a wrong key' && r.conn === victim.conn);
     // the port's budget of refusal answers for this second went to the guesses
     await sleep(1100);
-    expect(await line.call(victim, [ID('C_GetSessionInfo'), h])).toMatchObject({ error: { rv: RV.CKR_DEVICE_REMOVED } });
+    expect(await line.call(victim, [ID('C_GetSessionInfo'), h])).toMatchObject({ error: { rv: pk.CKR_DEVICE_REMOVED } });
   });
 });
 
@@ -442,7 +449,7 @@ describe('6. executors count until they exit, and a busy port does not starve th
       const [, slots] = await line.call(s, [ID('C_GetSlotList'), true, true]) as [number, number[]];
       const [, h] = await line.call(s, [ID('C_OpenSession'), slots[0], pk.CKF_SERIAL_SESSION]) as [number, number];
       await line.write(encodeFrame(FrameType.Call, s.conn, takeReq(s), pack([ID('C_GenerateKeyPair'), h, [pk.CKM_RSA_PKCS_KEY_PAIR_GEN],
-        [[pk.CKA_MODULUS_BITS, 4096], [pk.CKA_PUBLIC_EXPONENT, Buffer.from([1, 0, 1])], [pk.CKA_TOKEN, false]], [[pk.CKA_TOKEN, false], [pk.CKA_PRIVATE, false]]]), s.key));
+        ...rsaKeyPair({ bits: 4096, private: false }).map(wire)]), s.key));
       await line.write(encodeFrame(FrameType.Bye, s.conn, takeReq(s), undefined, s.key));
     }
     const m = watch.stop();
@@ -489,7 +496,7 @@ describe('8. smaller holes', () => {
     const { line, s } = await attacker(pty.FREE);
     const [, all] = await line.call(s, [ID('C_GetSlotList'), false, true]) as [number, number[]];
     // SoftHSM2 keeps its free slot last
-    expect(await line.call(s, [ID('C_InitToken'), all.at(-1)!, Buffer.from(SO_PIN), Buffer.from('intruder'.padEnd(32))])).toEqual([RV.CKR_TOKEN_WRITE_PROTECTED]);
+    expect(await line.call(s, [ID('C_InitToken'), all.at(-1)!, Buffer.from(SO_PIN), Buffer.from('intruder'.padEnd(32))])).toEqual([pk.CKR_TOKEN_WRITE_PROTECTED]);
     await daemon.waitForLog((r) => r.msg === 'call denied by policy' && r.fn === 'C_InitToken', 5000);
     await line.bye(s);
   });
@@ -535,9 +542,9 @@ describe('8. smaller holes, on a daemon of their own', () => {
     const at = Buffer.concat([Buffer.from([0x93, ID('C_SeedRandom'), 0x01, 0xc5, 0x0f, 0xfa]), Buffer.alloc(4090, 1)]);
     expect(at.length).toBe(4096);
     const over = Buffer.concat([Buffer.from([0x93, ID('C_SeedRandom'), 0x01, 0xc5, 0x0f, 0xfb]), Buffer.alloc(4091, 1)]);
-    expect(await line.rv(s, at)).not.toBe(RV.CKR_ARGUMENTS_BAD);
+    expect(await line.rv(s, at)).not.toBe(pk.CKR_ARGUMENTS_BAD);
     const r = await line.call(s, over);
-    expect(r).toMatchObject({ error: { rv: RV.CKR_ARGUMENTS_BAD } });
+    expect(r).toMatchObject({ error: { rv: pk.CKR_ARGUMENTS_BAD } });
     expect((r as { error: { message: string } }).error.message).toMatch(/exceeds this server's limit of 4096 bytes/);
     await line.bye(s);
   });
@@ -553,7 +560,7 @@ describe('8. smaller holes, on a daemon of their own', () => {
     await d.waitForLog((r) => r.msg === 'executor ended unexpectedly; connection closed' && r.signal === 'SIGKILL');
     await d.waitForLog((r) => r.msg === 'executor stderr' && /p11bridge-exec: sandbox/.test(String(r.line)), 5000);
     const r = await line.call(s, [ID('C_GetInfo')]);
-    expect(r).toMatchObject({ error: { rv: RV.CKR_DEVICE_REMOVED } });
+    expect(r).toMatchObject({ error: { rv: pk.CKR_DEVICE_REMOVED } });
     for (const f of line.seen.slice(seenBefore)) expect(f.payload.toString('latin1')).not.toMatch(/p11bridge-exec|sandbox/);
   });
 

@@ -12,7 +12,23 @@ import { startDaemon, type Daemon } from '../helpers/daemon.js';
 import { openDirect, type DirectModule } from '../helpers/direct.js';
 import { startGuest, type Guest } from '../helpers/guest.js';
 import { createPtyPair, type PtyPair } from '../helpers/pty.js';
+import {
+  CKA_ALLOWED_MECHANISMS, CKA_CLASS, CKA_EC_PARAMS, CKA_EC_POINT, CKA_EXTRACTABLE, CKA_ID, CKA_KEY_TYPE, CKA_LABEL, CKA_LOCAL,
+  CKA_MODULUS, CKA_MODULUS_BITS, CKA_PRIVATE, CKA_PUBLIC_EXPONENT, CKA_SENSITIVE, CKA_TOKEN, CKA_VALUE, CKA_VALUE_LEN,
+  CKA_WRAP_TEMPLATE, CKD_NULL, CKF_DONT_BLOCK, CKF_SERIAL_SESSION, CKF_TOKEN_INITIALIZED, CKF_USER_PIN_INITIALIZED, CKG_MGF1_SHA1,
+  CKG_MGF1_SHA256, CKK_AES, CKK_EC, CKK_GENERIC_SECRET, CKK_RSA, CKM_AES_CBC, CKM_AES_CBC_ENCRYPT_DATA, CKM_AES_CBC_PAD, CKM_AES_CTR,
+  CKM_AES_ECB, CKM_AES_ECB_ENCRYPT_DATA, CKM_AES_GCM, CKM_AES_KEY_GEN, CKM_AES_KEY_WRAP, CKM_AES_KEY_WRAP_PAD, CKM_EC_KEY_PAIR_GEN,
+  CKM_ECDH1_DERIVE, CKM_ECDSA, CKM_GENERIC_SECRET_KEY_GEN, CKM_RSA_PKCS, CKM_RSA_PKCS_KEY_PAIR_GEN, CKM_RSA_PKCS_OAEP, CKM_SHA256,
+  CKM_SHA256_HMAC, CKM_SHA256_RSA_PKCS, CKM_SHA256_RSA_PKCS_PSS, CKM_SHA_1, CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKR_ATTRIBUTE_SENSITIVE,
+  CKR_ATTRIBUTE_TYPE_INVALID, CKR_BUFFER_TOO_SMALL, CKR_CRYPTOKI_ALREADY_INITIALIZED, CKR_CRYPTOKI_NOT_INITIALIZED, CKR_NO_EVENT,
+  CKR_OBJECT_HANDLE_INVALID, CKR_OK, CKR_OPERATION_NOT_INITIALIZED, CKR_PIN_INCORRECT, CKR_SESSION_HANDLE_INVALID,
+  CKR_SIGNATURE_INVALID, CKS_RO_USER_FUNCTIONS, CKS_RW_PUBLIC_SESSION, CKS_RW_SO_FUNCTIONS, CKS_RW_USER_FUNCTIONS, CKU_SO, CKU_USER,
+  CKZ_DATA_SPECIFIED, RW_SESSION,
+} from '../helpers/pkcs11.js';
 import { createToken, type SoftHsmToken } from '../helpers/softhsm.js';
+import {
+  aesKey, aesKeyGen, dataObject, ecKeyPair, hmacKey, newSecretKey, P256, P384, READABLE, rsaKeyPair, SYMMETRIC_USES, wire,
+} from '../helpers/templates.js';
 
 const execFileP = promisify(execFile);
 
@@ -22,88 +38,6 @@ const PROTO = JSON.parse(readFileSync(new URL('../../proto/protocol.json', impor
 /** Every call name that went through the bridge (pkcs11js-shaped or raw). */
 const covered = new Set<string>();
 
-// ---------------------------------------------------------------- constants
-const CKF_RW_SERIAL = 6;
-const CKU_SO = 0;
-const CKU_USER = 1;
-const CKF_DONT_BLOCK = 1;
-const CKS_RW_PUBLIC_SESSION = 2;
-const CKS_RW_USER_FUNCTIONS = 3;
-const CKS_RW_SO_FUNCTIONS = 4;
-
-const CKO_DATA = 0;
-const CKO_PUBLIC_KEY = 2;
-const CKO_PRIVATE_KEY = 3;
-const CKO_SECRET_KEY = 4;
-const CKK_RSA = 0;
-const CKK_EC = 3;
-const CKK_GENERIC_SECRET = 0x10;
-const CKK_AES = 0x1f;
-
-const CKA_CLASS = 0x0;
-const CKA_TOKEN = 0x1;
-const CKA_PRIVATE = 0x2;
-const CKA_LABEL = 0x3;
-const CKA_VALUE = 0x11;
-const CKA_KEY_TYPE = 0x100;
-const CKA_ID = 0x102;
-const CKA_SENSITIVE = 0x103;
-const CKA_ENCRYPT = 0x104;
-const CKA_DECRYPT = 0x105;
-const CKA_WRAP = 0x106;
-const CKA_UNWRAP = 0x107;
-const CKA_SIGN = 0x108;
-const CKA_VERIFY = 0x10a;
-const CKA_DERIVE = 0x10c;
-const CKA_MODULUS = 0x120;
-const CKA_MODULUS_BITS = 0x121;
-const CKA_PUBLIC_EXPONENT = 0x122;
-const CKA_VALUE_LEN = 0x161;
-const CKA_EXTRACTABLE = 0x162;
-const CKA_EC_PARAMS = 0x180;
-const CKA_EC_POINT = 0x181;
-
-const CKM_RSA_PKCS_KEY_PAIR_GEN = 0x0;
-const CKM_RSA_PKCS = 0x1;
-const CKM_RSA_PKCS_OAEP = 0x9;
-const CKM_SHA256_RSA_PKCS = 0x40;
-const CKM_SHA256_RSA_PKCS_PSS = 0x43;
-const CKM_SHA256 = 0x250;
-const CKM_SHA256_HMAC = 0x251;
-const CKM_GENERIC_SECRET_KEY_GEN = 0x350;
-const CKM_EC_KEY_PAIR_GEN = 0x1040;
-const CKM_ECDSA = 0x1041;
-const CKM_ECDH1_DERIVE = 0x1050;
-const CKM_AES_KEY_GEN = 0x1080;
-const CKM_AES_ECB = 0x1081;
-const CKM_AES_CBC = 0x1082;
-const CKM_AES_CBC_PAD = 0x1085;
-const CKM_AES_CTR = 0x1086;
-const CKM_AES_GCM = 0x1087;
-const CKM_AES_ECB_ENCRYPT_DATA = 0x1104;
-const CKM_AES_CBC_ENCRYPT_DATA = 0x1105;
-const CKM_AES_KEY_WRAP = 0x2109;
-const CKM_AES_KEY_WRAP_PAD = 0x210a;
-const CKM_SHA_1 = 0x220;
-const CKG_MGF1_SHA1 = 1;
-const CKG_MGF1_SHA256 = 2;
-const CKZ_DATA_SPECIFIED = 1;
-const CKD_NULL = 1;
-
-const CKR_OK = 0;
-const CKR_ATTRIBUTE_SENSITIVE = 0x11;
-const CKR_ATTRIBUTE_TYPE_INVALID = 0x12;
-const CKR_OBJECT_HANDLE_INVALID = 0x82;
-const CKR_OPERATION_NOT_INITIALIZED = 0x91;
-const CKR_PIN_INCORRECT = 0xa0;
-const CKR_SESSION_HANDLE_INVALID = 0xb3;
-const CKR_SIGNATURE_INVALID = 0xc0;
-const CKR_BUFFER_TOO_SMALL = 0x150;
-const CKR_CRYPTOKI_NOT_INITIALIZED = 0x190;
-const CKR_CRYPTOKI_ALREADY_INITIALIZED = 0x191;
-
-const OID_P256 = Buffer.from('06082a8648ce3d030107', 'hex');
-const OID_P384 = Buffer.from('06052b81040022', 'hex');
 
 // Known key material.
 const AES_KEY = Buffer.from('000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f', 'hex');
@@ -172,6 +106,7 @@ interface Env {
   slot: Handle;
   slotId: number;
   /** pkcs11js-shaped call through the bridge (client[name](...args) in the guest). */
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- Guest.call's result, decoded from the guest's JSON
   b(name: string, ...args: unknown[]): Promise<any>;
   /** Raw wire-level call through the bridge: client.call(name, wireArgs). */
   raw(name: string, wire: unknown[]): Promise<Raw>;
@@ -233,38 +168,15 @@ function useEnv(label: string): Env {
 
 /** A user-logged-in R/W session through the bridge and one directly. */
 async function userSessions(e: Env): Promise<{ s: Handle; ds: Handle }> {
-  const s: Handle = await e.b('C_OpenSession', e.slot, CKF_RW_SERIAL);
+  const s: Handle = await e.b('C_OpenSession', e.slot, RW_SESSION);
   await e.b('C_Login', s, CKU_USER, e.token.pin);
-  const ds = e.p.C_OpenSession(e.slot, CKF_RW_SERIAL);
+  const ds = e.p.C_OpenSession(e.slot, RW_SESSION);
   e.p.C_Login(ds, CKU_USER, e.token.pin);
   return { s, ds };
 }
 
-const aesTemplate = (value: Buffer, extra: Array<{ type: number; value: unknown }> = []) => [
-  { type: CKA_CLASS, value: CKO_SECRET_KEY },
-  { type: CKA_KEY_TYPE, value: CKK_AES },
-  { type: CKA_TOKEN, value: false },
-  { type: CKA_VALUE, value },
-  { type: CKA_ENCRYPT, value: true },
-  { type: CKA_DECRYPT, value: true },
-  { type: CKA_WRAP, value: true },
-  { type: CKA_UNWRAP, value: true },
-  { type: CKA_DERIVE, value: true },
-  { type: CKA_SENSITIVE, value: false },
-  { type: CKA_EXTRACTABLE, value: true },
-  ...extra,
-];
-
-const hmacTemplate = (value: Buffer) => [
-  { type: CKA_CLASS, value: CKO_SECRET_KEY },
-  { type: CKA_KEY_TYPE, value: CKK_GENERIC_SECRET },
-  { type: CKA_TOKEN, value: false },
-  { type: CKA_VALUE, value },
-  { type: CKA_SIGN, value: true },
-  { type: CKA_VERIFY, value: true },
-  { type: CKA_SENSITIVE, value: false },
-  { type: CKA_EXTRACTABLE, value: true },
-];
+/** The AES keys of these tests: for every symmetric use, the value readable back. */
+const ANY_USE = { uses: SYMMETRIC_USES, ...READABLE };
 
 function nodeCipher(alg: string, key: Buffer, iv: Buffer | null, data: Buffer, pad = false): Buffer {
   const c = crypto.createCipheriv(alg, key, iv);
@@ -286,7 +198,7 @@ def fn(id, *argtypes):
 out = {}
 out['C_Initialize'] = fn(1, ctypes.c_void_p)(None)
 h = U(0)
-out['C_OpenSession'] = fn(13, U, U, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(U))(int(sys.argv[2]), 6, None, None, ctypes.byref(h))
+out['C_OpenSession'] = fn(13, U, U, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(U))(int(sys.argv[2]), ${RW_SESSION}, None, None, ctypes.byref(h))
 for name, id in (('C_GetFunctionStatus', 66), ('C_CancelFunction', 67)):
     out[name] = fn(id, U)(h.value)
     out[name + ':invalid'] = fn(id, U)(int(sys.argv[3]))
@@ -385,8 +297,8 @@ describe('general purpose, slot and token information, sessions', () => {
   });
 
   it('C_OpenSession / C_GetSessionInfo / C_Login / C_Logout: states as on the module', async () => {
-    const s: Handle = await e.b('C_OpenSession', e.slot, CKF_RW_SERIAL);
-    const ds = e.p.C_OpenSession(e.slot, CKF_RW_SERIAL);
+    const s: Handle = await e.b('C_OpenSession', e.slot, RW_SESSION);
+    const ds = e.p.C_OpenSession(e.slot, RW_SESSION);
     const same = async () => {
       const bi = await e.b('C_GetSessionInfo', s);
       const di = e.p.C_GetSessionInfo(ds);
@@ -418,7 +330,7 @@ describe('general purpose, slot and token information, sessions', () => {
 
     // raw form
     const r = await e.raw('C_GetSessionInfo', [h2n(s)]);
-    expect(r).toEqual({ rv: CKR_OK, results: [[e.slotId, CKS_RW_PUBLIC_SESSION, CKF_RW_SERIAL, 0]] });
+    expect(r).toEqual({ rv: CKR_OK, results: [[e.slotId, CKS_RW_PUBLIC_SESSION, RW_SESSION, 0]] });
 
     await e.b('C_CloseSession', s);
     e.p.C_CloseSession(ds);
@@ -427,8 +339,8 @@ describe('general purpose, slot and token information, sessions', () => {
   });
 
   it('C_GenerateRandom and C_SeedRandom', async () => {
-    const s: Handle = await e.b('C_OpenSession', e.slot, CKF_RW_SERIAL);
-    const ds = e.p.C_OpenSession(e.slot, CKF_RW_SERIAL);
+    const s: Handle = await e.b('C_OpenSession', e.slot, RW_SESSION);
+    const ds = e.p.C_OpenSession(e.slot, RW_SESSION);
     const r1: Buffer = await e.b('C_GenerateRandom', s, Buffer.alloc(64));
     const r2: Buffer = await e.b('C_GenerateRandom', s, Buffer.alloc(64));
     expect(r1.length).toBe(64);
@@ -454,7 +366,7 @@ describe('general purpose, slot and token information, sessions', () => {
     }
     const raw = await e.raw('C_WaitForSlotEvent', [CKF_DONT_BLOCK]);
     // pkcs11js reports CKR_NO_EVENT as null
-    if (direct.rv === CKR_OK && direct.slot === null) expect(raw.rv).toBe(0x8);
+    if (direct.rv === CKR_OK && direct.slot === null) expect(raw.rv).toBe(CKR_NO_EVENT);
     else expect(raw.rv).toBe(direct.rv);
     if (direct.rv === CKR_OK && direct.slot) expect(raw.results).toEqual([h2n(direct.slot)]);
     // pkcs11js-shaped
@@ -466,7 +378,7 @@ describe('general purpose, slot and token information, sessions', () => {
   });
 
   it('C_GetFunctionStatus / C_CancelFunction: the module\'s answer passes through', async () => {
-    const s: Handle = await e.b('C_OpenSession', e.slot, CKF_RW_SERIAL);
+    const s: Handle = await e.b('C_OpenSession', e.slot, RW_SESSION);
     const bogus = 0xdead;
     // pkcs11js has neither function: call them straight on the module (ctypes).
     const { stdout } = await execFileP('python3', ['-c', PY_DIRECT, e.token.module, String(e.slotId), String(bogus)], {
@@ -494,12 +406,7 @@ describe('objects', () => {
   });
 
   it('C_CreateObject / C_GetAttributeValue / C_SetAttributeValue / C_CopyObject / C_DestroyObject', async () => {
-    const tmpl = [
-      { type: CKA_CLASS, value: CKO_DATA },
-      { type: CKA_TOKEN, value: false },
-      { type: CKA_LABEL, value: 'data-1' },
-      { type: CKA_VALUE, value: Buffer.from('payload bytes') },
-    ];
+    const tmpl = dataObject({ label: 'data-1', value: Buffer.from('payload bytes') });
     const o: Handle = await e.b('C_CreateObject', s, tmpl);
     const dobj = e.p.C_CreateObject(ds, tmpl);
     const q = () => [{ type: CKA_CLASS }, { type: CKA_TOKEN }, { type: CKA_LABEL }, { type: CKA_VALUE }, { type: CKA_PRIVATE }];
@@ -531,13 +438,7 @@ describe('objects', () => {
   });
 
   it('token objects are shared with the module in this process (C_SetAttributeValue seen directly)', async () => {
-    const o: Handle = await e.b('C_CreateObject', s, [
-      { type: CKA_CLASS, value: CKO_DATA },
-      { type: CKA_TOKEN, value: true },
-      { type: CKA_PRIVATE, value: true },
-      { type: CKA_LABEL, value: 'shared-data' },
-      { type: CKA_VALUE, value: Buffer.from('shared value') },
-    ]);
+    const o: Handle = await e.b('C_CreateObject', s, dataObject({ token: true, private: true, label: 'shared-data', value: Buffer.from('shared value') }));
     const findDirect = (label: string) => {
       e.p.C_FindObjectsInit(ds, [{ type: CKA_LABEL, value: label }]);
       const hs = e.p.C_FindObjects(ds, 10);
@@ -557,19 +458,10 @@ describe('objects', () => {
   });
 
   it('C_GetAttributeValue: lengths (want=false), sensitive and invalid attributes', async () => {
-    const key: Handle = await e.b('C_CreateObject', s, aesTemplate(AES_KEY, [{ type: CKA_LABEL, value: 'len-key' }]));
-    const sens: Handle = await e.b('C_CreateObject', s, [
-      ...aesTemplate(AES_KEY).filter((a) => a.type !== CKA_SENSITIVE && a.type !== CKA_EXTRACTABLE),
-      { type: CKA_SENSITIVE, value: true },
-      { type: CKA_EXTRACTABLE, value: false },
-      { type: CKA_LABEL, value: 'sensitive-key' },
-    ]);
-    const dsens = e.p.C_CreateObject(ds, [
-      ...aesTemplate(AES_KEY).filter((a) => a.type !== CKA_SENSITIVE && a.type !== CKA_EXTRACTABLE),
-      { type: CKA_SENSITIVE, value: true },
-      { type: CKA_EXTRACTABLE, value: false },
-      { type: CKA_LABEL, value: 'sensitive-key' },
-    ] as pkcs11js.Template);
+    const key: Handle = await e.b('C_CreateObject', s, aesKey(AES_KEY, { ...ANY_USE, label: 'len-key' }));
+    const sensitive = aesKey(AES_KEY, { uses: SYMMETRIC_USES, sensitive: true, extractable: false, label: 'sensitive-key' });
+    const sens: Handle = await e.b('C_CreateObject', s, sensitive);
+    const dsens = e.p.C_CreateObject(ds, sensitive);
 
     // lengths only
     expect(await e.raw('C_GetAttributeValue', [h2n(s), h2n(key), [[CKA_VALUE, false], [CKA_LABEL, false]]])).toEqual({
@@ -608,11 +500,8 @@ describe('objects', () => {
   });
 
   it('templates with a CK_ULONG array (CKA_ALLOWED_MECHANISMS) and a nested template (CKA_WRAP_TEMPLATE)', async () => {
-    const CKA_ALLOWED_MECHANISMS = 0x40000600;
-    const CKA_WRAP_TEMPLATE = 0x40000211;
     const o: Handle = await e.b('C_CreateObject', s, [
-      ...aesTemplate(AES_KEY).map((a) => (a.type === CKA_TOKEN ? { type: CKA_TOKEN, value: true } : a)),
-      { type: CKA_LABEL, value: 'allowed-mechs' },
+      ...aesKey(AES_KEY, { ...ANY_USE, token: true, label: 'allowed-mechs' }),
       // (SoftHSM2 keeps the list as a sorted set)
       { type: CKA_ALLOWED_MECHANISMS, value: [CKM_AES_ECB, CKM_AES_CBC] },
       { type: CKA_WRAP_TEMPLATE, value: [{ type: CKA_KEY_TYPE, value: CKK_AES }, { type: CKA_EXTRACTABLE, value: true }] },
@@ -645,12 +534,7 @@ describe('objects', () => {
     const made: Handle[] = [];
     for (let i = 0; i < 3; i++) {
       made.push(
-        await e.b('C_CreateObject', s, [
-          { type: CKA_CLASS, value: CKO_DATA },
-          { type: CKA_TOKEN, value: false },
-          { type: CKA_LABEL, value: 'find-me' },
-          { type: CKA_VALUE, value: Buffer.from([i]) },
-        ]),
+        await e.b('C_CreateObject', s, dataObject({ label: 'find-me', value: Buffer.from([i]) })),
       );
     }
     const sortHex = (hs: Handle[]) => hs.map((h) => h.toString('hex')).sort();
@@ -690,29 +574,13 @@ describe('objects', () => {
   });
 
   it('C_GenerateKey: AES and generic secret', async () => {
-    const aes: Handle = await e.b('C_GenerateKey', s, { mechanism: CKM_AES_KEY_GEN }, [
-      { type: CKA_CLASS, value: CKO_SECRET_KEY },
-      { type: CKA_KEY_TYPE, value: CKK_AES },
-      { type: CKA_TOKEN, value: false },
-      { type: CKA_VALUE_LEN, value: 32 },
-      { type: CKA_ENCRYPT, value: true },
-      { type: CKA_DECRYPT, value: true },
-      { type: CKA_SENSITIVE, value: false },
-      { type: CKA_EXTRACTABLE, value: true },
-    ]);
-    const a = await e.raw('C_GetAttributeValue', [h2n(s), h2n(aes), [[CKA_KEY_TYPE, true], [CKA_VALUE_LEN, true], [CKA_VALUE, false], [0x163 /* CKA_LOCAL */, true]]]);
+    const aes: Handle = await e.b('C_GenerateKey', s, { mechanism: CKM_AES_KEY_GEN }, aesKeyGen(READABLE));
+    const a = await e.raw('C_GetAttributeValue', [h2n(s), h2n(aes), [[CKA_KEY_TYPE, true], [CKA_VALUE_LEN, true], [CKA_VALUE, false], [CKA_LOCAL, true]]]);
     expect(a).toEqual({ rv: CKR_OK, results: [[CKK_AES, 32, 32, true]] });
 
-    const gen: Handle = await e.b('C_GenerateKey', s, { mechanism: CKM_GENERIC_SECRET_KEY_GEN }, [
-      { type: CKA_CLASS, value: CKO_SECRET_KEY },
-      { type: CKA_KEY_TYPE, value: CKK_GENERIC_SECRET },
-      { type: CKA_TOKEN, value: false },
-      { type: CKA_VALUE_LEN, value: 32 }, // SoftHSM2's HMAC-SHA256 wants at least 32 bytes
-      { type: CKA_SIGN, value: true },
-      { type: CKA_VERIFY, value: true },
-      { type: CKA_SENSITIVE, value: false },
-      { type: CKA_EXTRACTABLE, value: true },
-    ]);
+    // SoftHSM2's HMAC-SHA256 wants at least 32 bytes
+    const gen: Handle = await e.b('C_GenerateKey', s, { mechanism: CKM_GENERIC_SECRET_KEY_GEN },
+      newSecretKey(CKK_GENERIC_SECRET, { valueLen: 32, uses: ['sign', 'verify'], ...READABLE }));
     const [value] = (await e.raw('C_GetAttributeValue', [h2n(s), h2n(gen), [[CKA_VALUE, true]]])).results![0] as Buffer[];
     expect(value!.length).toBe(32);
     // the generated key works and is what it says it is
@@ -720,7 +588,7 @@ describe('objects', () => {
     const mac: Buffer = await e.b('C_Sign', s, DATA40, Buffer.alloc(32));
     expect(mac).toEqual(crypto.createHmac('sha256', value!).update(DATA40).digest());
     // the module rejects a bad template the same way
-    const badT = [{ type: CKA_CLASS, value: CKO_SECRET_KEY }, { type: CKA_KEY_TYPE, value: CKK_AES }, { type: CKA_VALUE_LEN, value: 7 }];
+    const badT = newSecretKey(CKK_AES, { valueLen: 7 }); // no AES key has 7 bytes
     expect(await brv(e.b('C_GenerateKey', s, { mechanism: CKM_AES_KEY_GEN }, badT))).toBe(
       drv(() => e.p.C_GenerateKey(ds, { mechanism: CKM_AES_KEY_GEN }, badT)),
     );
@@ -735,8 +603,8 @@ describe('symmetric crypto, digests, MACs, wrapping and derivation', () => {
   let dkey: Handle; // AES_KEY directly
   beforeAll(async () => {
     ({ s, ds } = await userSessions(e));
-    key = await e.b('C_CreateObject', s, aesTemplate(AES_KEY));
-    dkey = e.p.C_CreateObject(ds, aesTemplate(AES_KEY) as pkcs11js.Template);
+    key = await e.b('C_CreateObject', s, aesKey(AES_KEY, ANY_USE));
+    dkey = e.p.C_CreateObject(ds, aesKey(AES_KEY, ANY_USE));
   });
 
   const ctrParamsHost = (cb: Buffer): Buffer => {
@@ -878,8 +746,8 @@ describe('symmetric crypto, digests, MACs, wrapping and derivation', () => {
   });
 
   it('HMAC-SHA256: C_Sign*/C_Verify* single and multi-part, as node:crypto and the module', async () => {
-    const hk: Handle = await e.b('C_CreateObject', s, hmacTemplate(HMAC_KEY));
-    const dhk = e.p.C_CreateObject(ds, hmacTemplate(HMAC_KEY) as pkcs11js.Template);
+    const hk: Handle = await e.b('C_CreateObject', s, hmacKey(HMAC_KEY, READABLE));
+    const dhk = e.p.C_CreateObject(ds, hmacKey(HMAC_KEY, READABLE));
     const expected = crypto.createHmac('sha256', HMAC_KEY).update(DATA40).digest();
     const m = { mechanism: CKM_SHA256_HMAC };
 
@@ -928,17 +796,9 @@ describe('symmetric crypto, digests, MACs, wrapping and derivation', () => {
 
   it('C_WrapKey / C_UnwrapKey: AES key wrap (RFC 3394) and AES-CBC-PAD', async () => {
     const inner = Buffer.from('00112233445566778899aabbccddeeff', 'hex');
-    const target: Handle = await e.b('C_CreateObject', s, aesTemplate(inner));
-    const dtarget = e.p.C_CreateObject(ds, aesTemplate(inner) as pkcs11js.Template);
-    const unwrapT = [
-      { type: CKA_CLASS, value: CKO_SECRET_KEY },
-      { type: CKA_KEY_TYPE, value: CKK_AES },
-      { type: CKA_TOKEN, value: false },
-      { type: CKA_ENCRYPT, value: true },
-      { type: CKA_SENSITIVE, value: false },
-      { type: CKA_EXTRACTABLE, value: true },
-      { type: CKA_LABEL, value: 'unwrapped' },
-    ];
+    const target: Handle = await e.b('C_CreateObject', s, aesKey(inner, ANY_USE));
+    const dtarget = e.p.C_CreateObject(ds, aesKey(inner, ANY_USE));
+    const unwrapT = newSecretKey(CKK_AES, { uses: ['encrypt'], ...READABLE, label: 'unwrapped' });
 
     // RFC 3394
     const kw = nodeCipher('id-aes256-wrap', AES_KEY, Buffer.from('a6a6a6a6a6a6a6a6', 'hex'), inner);
@@ -956,25 +816,14 @@ describe('symmetric crypto, digests, MACs, wrapping and derivation', () => {
     // CKM_AES_KEY_WRAP_PAD, 20-byte key: the module's own output (SoftHSM2's
     // padding variant is not node's id-aes256-wrap-pad), and a round trip
     const inner20 = Buffer.from('0123456789abcdef0123', 'utf8');
-    const target20: Handle = await e.b('C_CreateObject', s, hmacTemplate(inner20));
-    const dtarget20 = e.p.C_CreateObject(ds, hmacTemplate(inner20) as pkcs11js.Template);
+    const target20: Handle = await e.b('C_CreateObject', s, hmacKey(inner20, READABLE));
+    const dtarget20 = e.p.C_CreateObject(ds, hmacKey(inner20, READABLE));
     const kwp = e.p.C_WrapKey(ds, { mechanism: CKM_AES_KEY_WRAP_PAD }, dkey, dtarget20, Buffer.alloc(64));
     const wrapped2: Buffer = await e.b('C_WrapKey', s, { mechanism: CKM_AES_KEY_WRAP_PAD }, key, target20, Buffer.alloc(64));
     expect(wrapped2).toEqual(kwp);
-    const u2: Handle = await e.b('C_UnwrapKey', s, { mechanism: CKM_AES_KEY_WRAP_PAD }, key, kwp, [
-      { type: CKA_CLASS, value: CKO_SECRET_KEY },
-      { type: CKA_KEY_TYPE, value: CKK_GENERIC_SECRET },
-      { type: CKA_TOKEN, value: false },
-      { type: CKA_SENSITIVE, value: false },
-      { type: CKA_EXTRACTABLE, value: true },
-    ]);
-    const du2 = e.p.C_UnwrapKey(ds, { mechanism: CKM_AES_KEY_WRAP_PAD }, dkey, kwp, [
-      { type: CKA_CLASS, value: CKO_SECRET_KEY },
-      { type: CKA_KEY_TYPE, value: CKK_GENERIC_SECRET },
-      { type: CKA_TOKEN, value: false },
-      { type: CKA_SENSITIVE, value: false },
-      { type: CKA_EXTRACTABLE, value: true },
-    ]);
+    const unwrap20 = newSecretKey(CKK_GENERIC_SECRET, READABLE);
+    const u2: Handle = await e.b('C_UnwrapKey', s, { mechanism: CKM_AES_KEY_WRAP_PAD }, key, kwp, unwrap20);
+    const du2 = e.p.C_UnwrapKey(ds, { mechanism: CKM_AES_KEY_WRAP_PAD }, dkey, kwp, unwrap20);
     const unwrapped20 = ((await e.raw('C_GetAttributeValue', [sn, h2n(u2), [[CKA_VALUE, true]]])).results![0] as Buffer[])[0]!;
     expect(unwrapped20).toEqual(e.p.C_GetAttributeValue(ds, du2, [{ type: CKA_VALUE }])[0]!.value);
     expect(unwrapped20.subarray(0, 20)).toEqual(inner20);
@@ -988,27 +837,20 @@ describe('symmetric crypto, digests, MACs, wrapping and derivation', () => {
     );
     expect(bWrapCbc).toBe(dWrapCbc);
     expect(await brv(e.b('C_UnwrapKey', s, { mechanism: CKM_AES_CBC_PAD, parameter: IV }, key, cbc, unwrapT))).toBe(
-      drv(() => e.p.C_UnwrapKey(ds, { mechanism: CKM_AES_CBC_PAD, parameter: IV }, dkey, cbc, unwrapT as pkcs11js.Template)),
+      drv(() => e.p.C_UnwrapKey(ds, { mechanism: CKM_AES_CBC_PAD, parameter: IV }, dkey, cbc, unwrapT)),
     );
 
     // a corrupted wrapped key: the module's code
     const badKw = Buffer.from(kw);
     badKw[3] ^= 0xff;
-    const dcode = drv(() => e.p.C_UnwrapKey(ds, { mechanism: CKM_AES_KEY_WRAP }, dkey, badKw, unwrapT as pkcs11js.Template));
+    const dcode = drv(() => e.p.C_UnwrapKey(ds, { mechanism: CKM_AES_KEY_WRAP }, dkey, badKw, unwrapT));
     expect(dcode).not.toBe(CKR_OK);
     expect(await brv(e.b('C_UnwrapKey', s, { mechanism: CKM_AES_KEY_WRAP }, key, badKw, unwrapT))).toBe(dcode);
   });
 
   it('C_DeriveKey: AES-ECB/CBC ENCRYPT_DATA, as node:crypto and the module', async () => {
     const data = Buffer.from('derivation data, 32 bytes long!!');
-    const deriveT = [
-      { type: CKA_CLASS, value: CKO_SECRET_KEY },
-      { type: CKA_KEY_TYPE, value: CKK_AES },
-      { type: CKA_TOKEN, value: false },
-      { type: CKA_VALUE_LEN, value: 32 },
-      { type: CKA_SENSITIVE, value: false },
-      { type: CKA_EXTRACTABLE, value: true },
-    ];
+    const deriveT = newSecretKey(CKK_AES, { valueLen: 32, ...READABLE });
     const valueOf = async (h: Handle) => ((await e.raw('C_GetAttributeValue', [h2n(s), h2n(h), [[CKA_VALUE, true]]])).results![0] as Buffer[])[0];
 
     const k1: Handle = await e.b('C_DeriveKey', s, { mechanism: CKM_AES_ECB_ENCRYPT_DATA, parameter: { data } }, key, deriveT);
@@ -1016,11 +858,11 @@ describe('symmetric crypto, digests, MACs, wrapping and derivation', () => {
 
     const k2: Handle = await e.b('C_DeriveKey', s, { mechanism: CKM_AES_CBC_ENCRYPT_DATA, parameter: { iv: IV, data } }, key, deriveT);
     expect(await valueOf(k2)).toEqual(nodeCipher('aes-256-cbc', AES_KEY, IV, data));
-    const dk2 = e.p.C_DeriveKey(ds, { mechanism: CKM_AES_CBC_ENCRYPT_DATA, parameter: { type: pkcs11js.CK_PARAMS_AES_CBC, iv: IV, data } as pkcs11js.AesCBC }, dkey, deriveT as pkcs11js.Template);
+    const dk2 = e.p.C_DeriveKey(ds, { mechanism: CKM_AES_CBC_ENCRYPT_DATA, parameter: { type: pkcs11js.CK_PARAMS_AES_CBC, iv: IV, data } as pkcs11js.AesCBC }, dkey, deriveT);
     expect(await valueOf(k2)).toEqual(e.p.C_GetAttributeValue(ds, dk2, [{ type: CKA_VALUE }])[0]!.value);
 
     // raw: [type, [data]]
-    const r = await e.raw('C_DeriveKey', [h2n(s), [CKM_AES_ECB_ENCRYPT_DATA, [data]], h2n(key), deriveT.map((a) => [a.type, a.value])]);
+    const r = await e.raw('C_DeriveKey', [h2n(s), [CKM_AES_ECB_ENCRYPT_DATA, [data]], h2n(key), wire(deriveT)]);
     expect(r.rv).toBe(CKR_OK);
     expect(await valueOf(n2h(r.results![0] as number))).toEqual(nodeCipher('aes-256-ecb', AES_KEY, null, data));
   });
@@ -1043,30 +885,10 @@ describe('asymmetric crypto: RSA and EC', () => {
 
   beforeAll(async () => {
     ({ s, ds } = await userSessions(e));
-    const kp = await e.b(
-      'C_GenerateKeyPair',
-      s,
-      { mechanism: CKM_RSA_PKCS_KEY_PAIR_GEN },
-      [
-        { type: CKA_TOKEN, value: true },
-        { type: CKA_LABEL, value: 'rsa-bridge' },
-        { type: CKA_ID, value: Buffer.from([1, 2, 3]) },
-        { type: CKA_MODULUS_BITS, value: 2048 },
-        { type: CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) },
-        { type: CKA_VERIFY, value: true },
-        { type: CKA_ENCRYPT, value: true },
-      ],
-      [
-        { type: CKA_TOKEN, value: true },
-        { type: CKA_PRIVATE, value: true },
-        { type: CKA_LABEL, value: 'rsa-bridge' },
-        { type: CKA_ID, value: Buffer.from([1, 2, 3]) },
-        { type: CKA_SIGN, value: true },
-        { type: CKA_DECRYPT, value: true },
-        { type: CKA_SENSITIVE, value: true },
-        { type: CKA_EXTRACTABLE, value: false },
-      ],
-    );
+    const kp = await e.b('C_GenerateKeyPair', s, { mechanism: CKM_RSA_PKCS_KEY_PAIR_GEN }, ...rsaKeyPair({
+      token: true, label: 'rsa-bridge', id: Buffer.from([1, 2, 3]), publicUses: ['verify', 'encrypt'],
+      private: true, privateUses: ['sign', 'decrypt'], sensitive: true, extractable: false,
+    }));
     rsaPub = kp.publicKey;
     rsaPriv = kp.privateKey;
     const [n, ex] = (await e.b('C_GetAttributeValue', s, rsaPub, [{ type: CKA_MODULUS }, { type: CKA_PUBLIC_EXPONENT }])).map(
@@ -1173,31 +995,14 @@ describe('asymmetric crypto: RSA and EC', () => {
   });
 
   const ecCases = [
-    { curve: 'P-256', oid: OID_P256, nodeCurve: 'prime256v1', size: 32, hash: 'sha256' },
-    { curve: 'P-384', oid: OID_P384, nodeCurve: 'secp384r1', size: 48, hash: 'sha384' },
+    { curve: 'P-256', oid: P256, nodeCurve: 'prime256v1', size: 32, hash: 'sha256' },
+    { curve: 'P-384', oid: P384, nodeCurve: 'secp384r1', size: 48, hash: 'sha384' },
   ];
   for (const c of ecCases) {
     it(`EC ${c.curve}: C_GenerateKeyPair, ECDSA verified by node:crypto, ECDH1 derive equal to node:crypto and the module`, async () => {
       const label = `ec-${c.curve}`;
-      const kp = await e.b(
-        'C_GenerateKeyPair',
-        s,
-        { mechanism: CKM_EC_KEY_PAIR_GEN },
-        [
-          { type: CKA_TOKEN, value: true },
-          { type: CKA_LABEL, value: label },
-          { type: CKA_EC_PARAMS, value: c.oid },
-          { type: CKA_VERIFY, value: true },
-        ],
-        [
-          { type: CKA_TOKEN, value: true },
-          { type: CKA_PRIVATE, value: true },
-          { type: CKA_LABEL, value: label },
-          { type: CKA_SIGN, value: true },
-          { type: CKA_DERIVE, value: true },
-          { type: CKA_SENSITIVE, value: true },
-        ],
-      );
+      const kp = await e.b('C_GenerateKeyPair', s, { mechanism: CKM_EC_KEY_PAIR_GEN },
+        ...ecKeyPair({ params: c.oid, token: true, label, private: true, privateUses: ['sign', 'derive'], sensitive: true }));
       const q = () => [{ type: CKA_EC_PARAMS }, { type: CKA_EC_POINT }, { type: CKA_KEY_TYPE }, { type: CKA_LABEL }];
       const attrs = await e.b('C_GetAttributeValue', s, kp.publicKey, q());
       expect(attrs).toEqual(e.p.C_GetAttributeValue(ds, findDirect(label, CKO_PUBLIC_KEY), q()));
@@ -1231,14 +1036,7 @@ describe('asymmetric crypto: RSA and EC', () => {
       const peer = crypto.createECDH(c.nodeCurve);
       peer.generateKeys();
       const secret = peer.computeSecret(point);
-      const deriveT = [
-        { type: CKA_CLASS, value: CKO_SECRET_KEY },
-        { type: CKA_KEY_TYPE, value: CKK_GENERIC_SECRET },
-        { type: CKA_TOKEN, value: false },
-        { type: CKA_VALUE_LEN, value: c.size },
-        { type: CKA_SENSITIVE, value: false },
-        { type: CKA_EXTRACTABLE, value: true },
-      ];
+      const deriveT = newSecretKey(CKK_GENERIC_SECRET, { valueLen: c.size, ...READABLE });
       const derived: Handle = await e.b(
         'C_DeriveKey',
         s,
@@ -1252,7 +1050,7 @@ describe('asymmetric crypto: RSA and EC', () => {
         ds,
         { mechanism: CKM_ECDH1_DERIVE, parameter: { type: pkcs11js.CK_PARAMS_EC_DH, kdf: CKD_NULL, publicData: peer.getPublicKey() } as pkcs11js.ECDH1 },
         findDirect(label, CKO_PRIVATE_KEY),
-        deriveT as pkcs11js.Template,
+        deriveT,
       );
       expect(value).toEqual(e.p.C_GetAttributeValue(ds, dd, [{ type: CKA_VALUE }])[0]!.value);
     });
@@ -1283,22 +1081,11 @@ describe('functions SoftHSM2 does not implement: the module\'s answer passes thr
 
   beforeAll(async () => {
     ({ s, ds } = await userSessions(e));
-    key = await e.b('C_CreateObject', s, aesTemplate(AES_KEY));
-    dkey = e.p.C_CreateObject(ds, aesTemplate(AES_KEY) as pkcs11js.Template);
-    const pubT = [
-      { type: CKA_TOKEN, value: false },
-      { type: CKA_MODULUS_BITS, value: 1024 },
-      { type: CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) },
-      { type: CKA_VERIFY, value: true },
-      { type: 0x10b /* CKA_VERIFY_RECOVER */, value: true },
-    ];
-    const privT = [
-      { type: CKA_TOKEN, value: false },
-      { type: CKA_SIGN, value: true },
-      { type: 0x109 /* CKA_SIGN_RECOVER */, value: true },
-    ];
-    ({ publicKey: rsaPub, privateKey: rsaPriv } = await e.b('C_GenerateKeyPair', s, { mechanism: CKM_RSA_PKCS_KEY_PAIR_GEN }, pubT, privT));
-    ({ publicKey: drsaPub, privateKey: drsaPriv } = e.p.C_GenerateKeyPair(ds, { mechanism: CKM_RSA_PKCS_KEY_PAIR_GEN }, pubT as pkcs11js.Template, privT as pkcs11js.Template));
+    key = await e.b('C_CreateObject', s, aesKey(AES_KEY, ANY_USE));
+    dkey = e.p.C_CreateObject(ds, aesKey(AES_KEY, ANY_USE));
+    const pair = rsaKeyPair({ bits: 1024, publicUses: ['verify', 'verifyRecover'], privateUses: ['sign', 'signRecover'] });
+    ({ publicKey: rsaPub, privateKey: rsaPriv } = await e.b('C_GenerateKeyPair', s, { mechanism: CKM_RSA_PKCS_KEY_PAIR_GEN }, ...pair));
+    ({ publicKey: drsaPub, privateKey: drsaPriv } = e.p.C_GenerateKeyPair(ds, { mechanism: CKM_RSA_PKCS_KEY_PAIR_GEN }, ...pair));
   }, 60_000);
 
   it('C_GetOperationState / C_SetOperationState', async () => {
@@ -1395,8 +1182,8 @@ describe('functions SoftHSM2 does not implement: the module\'s answer passes thr
   });
 
   it('C_DigestKey, C_SeedRandom and errors on a closed session: same codes as the module', async () => {
-    const s2: Handle = await e.b('C_OpenSession', e.slot, CKF_RW_SERIAL);
-    const ds2 = e.p.C_OpenSession(e.slot, CKF_RW_SERIAL);
+    const s2: Handle = await e.b('C_OpenSession', e.slot, RW_SESSION);
+    const ds2 = e.p.C_OpenSession(e.slot, RW_SESSION);
     await e.b('C_CloseSession', s2);
     e.p.C_CloseSession(ds2);
     expect(await brv(e.b('C_DigestInit', s2, { mechanism: CKM_SHA256 }))).toBe(drv(() => e.p.C_DigestInit(ds2, { mechanism: CKM_SHA256 })));
@@ -1418,7 +1205,7 @@ describe('token administration: C_InitToken, C_InitPIN, C_SetPIN, C_CloseAllSess
   it('C_InitToken on SoftHSM2\'s spare slot: the new token appears with its label', async () => {
     const before: Handle[] = await e.b('C_GetSlotList', true);
     const infos = await Promise.all(before.map((sl) => e.b('C_GetTokenInfo', sl)));
-    const spareIdx = infos.findIndex((t: { flags: number }) => (t.flags & 0x400) === 0); // !CKF_TOKEN_INITIALIZED
+    const spareIdx = infos.findIndex((t: { flags: number }) => (t.flags & CKF_TOKEN_INITIALIZED) === 0);
     expect(spareIdx).toBeGreaterThanOrEqual(0);
     const spare = before[spareIdx]!;
     await e.b('C_InitToken', spare, SPARE_SO, SPARE_LABEL);
@@ -1459,12 +1246,12 @@ describe('token administration: C_InitToken, C_InitPIN, C_SetPIN, C_CloseAllSess
     let spare: Handle | undefined;
     for (const sl of slots) if ((await e.b('C_GetTokenInfo', sl)).label === pad32(SPARE_LABEL)) spare = sl;
     expect(spare).toBeDefined();
-    const s: Handle = await e.b('C_OpenSession', spare, CKF_RW_SERIAL);
+    const s: Handle = await e.b('C_OpenSession', spare, RW_SESSION);
     // user PIN not initialized yet
-    expect((await e.b('C_GetTokenInfo', spare)).flags & 0x8).toBe(0); // CKF_USER_PIN_INITIALIZED
+    expect((await e.b('C_GetTokenInfo', spare)).flags & CKF_USER_PIN_INITIALIZED).toBe(0);
     await e.b('C_Login', s, CKU_SO, SPARE_SO);
     await e.b('C_InitPIN', s, USER1);
-    expect((await e.b('C_GetTokenInfo', spare)).flags & 0x8).toBe(0x8);
+    expect((await e.b('C_GetTokenInfo', spare)).flags & CKF_USER_PIN_INITIALIZED).toBe(CKF_USER_PIN_INITIALIZED);
     await e.b('C_SetPIN', s, SPARE_SO, SPARE_SO2);
     await e.b('C_Logout', s);
     expect(await brv(e.b('C_Login', s, CKU_SO, SPARE_SO))).toBe(CKR_PIN_INCORRECT);
@@ -1489,7 +1276,7 @@ describe('token administration: C_InitToken, C_InitPIN, C_SetPIN, C_CloseAllSess
     e.direct = await openDirect(e.token);
     e.p = e.direct.pkcs11;
     const dspare = e.p.C_GetSlotList(true).find((sl) => e.p.C_GetTokenInfo(sl).label === pad32(SPARE_LABEL))!;
-    const ds = e.p.C_OpenSession(dspare, CKF_RW_SERIAL);
+    const ds = e.p.C_OpenSession(dspare, RW_SESSION);
     expect(drv(() => e.p.C_Login(ds, CKU_USER, USER2))).toBe(CKR_PIN_INCORRECT);
     e.p.C_Login(ds, CKU_USER, USER1);
     e.p.C_Logout(ds);
@@ -1499,20 +1286,20 @@ describe('token administration: C_InitToken, C_InitPIN, C_SetPIN, C_CloseAllSess
     expect((await e.b('C_GetTokenInfo', spare)).flags).toBe(e.p.C_GetTokenInfo(dspare).flags);
 
     // C_InitPIN outside an SO session: the module's code
-    const s2: Handle = await e.b('C_OpenSession', spare, CKF_RW_SERIAL);
-    const ds2 = e.p.C_OpenSession(dspare, CKF_RW_SERIAL);
+    const s2: Handle = await e.b('C_OpenSession', spare, RW_SESSION);
+    const ds2 = e.p.C_OpenSession(dspare, RW_SESSION);
     expect(await brv(e.b('C_InitPIN', s2, USER1))).toBe(drv(() => e.p.C_InitPIN(ds2, USER1)));
     await e.b('C_CloseSession', s2);
     e.p.C_CloseSession(ds2);
   });
 
   it('C_CloseAllSessions closes every session of the slot (and only of this app)', async () => {
-    const a: Handle = await e.b('C_OpenSession', e.slot, CKF_RW_SERIAL);
-    const b: Handle = await e.b('C_OpenSession', e.slot, 4 /* CKF_SERIAL_SESSION: read-only */);
-    const ds = e.p.C_OpenSession(e.slot, CKF_RW_SERIAL);
-    expect((await e.b('C_GetSessionInfo', b)).flags).toBe(4);
+    const a: Handle = await e.b('C_OpenSession', e.slot, RW_SESSION);
+    const b: Handle = await e.b('C_OpenSession', e.slot, CKF_SERIAL_SESSION); // read-only
+    const ds = e.p.C_OpenSession(e.slot, RW_SESSION);
+    expect((await e.b('C_GetSessionInfo', b)).flags).toBe(CKF_SERIAL_SESSION);
     await e.b('C_Login', a, CKU_USER, e.token.pin);
-    expect((await e.b('C_GetSessionInfo', b)).state).toBe(1); // CKS_RO_USER_FUNCTIONS
+    expect((await e.b('C_GetSessionInfo', b)).state).toBe(CKS_RO_USER_FUNCTIONS);
     expect(await e.raw('C_CloseAllSessions', [e.slotId])).toEqual({ rv: CKR_OK, results: [] });
     expect(await brv(e.b('C_GetSessionInfo', a))).toBe(CKR_SESSION_HANDLE_INVALID);
     expect(await brv(e.b('C_GetSessionInfo', b))).toBe(CKR_SESSION_HANDLE_INVALID);

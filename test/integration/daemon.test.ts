@@ -11,37 +11,23 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI_MAIN, REPO_ROOT, startDaemon, type Daemon } from '../helpers/daemon.js';
 import { startGuest, type Guest } from '../helpers/guest.js';
+import {
+  CKA_CLASS, CKA_LABEL, CKA_MODULUS_BITS, CKM_RSA_PKCS_KEY_PAIR_GEN, CKM_SHA256, CKO_DATA, CKR_ARGUMENTS_BAD, CKR_DEVICE_REMOVED,
+  CKR_FUNCTION_NOT_SUPPORTED, CKR_OBJECT_HANDLE_INVALID, CKR_OK, CKR_SESSION_HANDLE_INVALID, CKS_RW_PUBLIC_SESSION, CKS_RW_USER_FUNCTIONS,
+  CKU_USER, RW_SESSION,
+} from '../helpers/pkcs11.js';
 import { createPtyPair, isCookedEcho, sttyAll, type PtyPair } from '../helpers/pty.js';
 import { createToken, SOFTHSM_MODULE, type SoftHsmToken } from '../helpers/softhsm.js';
 import { RawLine } from '../helpers/raw-line.js';
+import { dataObject, rsaKeyPair, wire } from '../helpers/templates.js';
 import { cobsEncodeDelimited } from '../../src/protocol/cobs.js';
 import { encodeFrame, FrameType, type Frame } from '../../src/protocol/frame.js';
 import { SUPPORTED_VERSIONS } from '../../src/protocol/handshake.js';
 import { pack, unpack } from '../../src/protocol/msgpack.js';
-import { callByName, RV } from '../../src/protocol/table.js';
+import { callByName } from '../../src/protocol/table.js';
 
 const execFileP = promisify(execFile);
 
-const CKR_OK = 0;
-const CKR_ARGUMENTS_BAD = 7;
-const CKR_DEVICE_REMOVED = 0x32;
-const CKR_SESSION_HANDLE_INVALID = 0xb3;
-const CKF_RW_SERIAL = 0x6;
-const CKU_USER = 1;
-const CKS_RW_PUBLIC_SESSION = 2;
-const CKS_RW_USER_FUNCTIONS = 3;
-const CKA_CLASS = 0x0;
-const CKA_TOKEN = 0x1;
-const CKA_PRIVATE = 0x2;
-const CKA_LABEL = 0x3;
-const CKA_VALUE = 0x11;
-const CKA_SIGN = 0x108;
-const CKA_VERIFY = 0x10a;
-const CKA_MODULUS_BITS = 0x121;
-const CKA_PUBLIC_EXPONENT = 0x122;
-const CKO_DATA = 0;
-const CKM_RSA_PKCS_KEY_PAIR_GEN = 0x0;
-const CKM_SHA256 = 0x250;
 // call ids, from proto/protocol.json
 const CALLS_USED = ['C_Initialize', 'C_Finalize', 'C_GetInfo', 'C_GetSlotList', 'C_OpenSession', 'C_GetSessionInfo', 'C_CreateObject',
   'C_DestroyObject', 'C_FindObjectsInit', 'C_FindObjects', 'C_FindObjectsFinal', 'C_Digest'] as const;
@@ -110,8 +96,8 @@ describe('one daemon, several ports', () => {
     await Promise.all([gA.call('C_Initialize'), gB.call('C_Initialize')]);
     slot = await findSlot(gA, token.label);
     expect(await findSlot(gB, token.label)).toEqual(slot);
-    sA = await gA.call('C_OpenSession', slot, CKF_RW_SERIAL);
-    sB = await gB.call('C_OpenSession', slot, CKF_RW_SERIAL);
+    sA = await gA.call('C_OpenSession', slot, RW_SESSION);
+    sB = await gB.call('C_OpenSession', slot, RW_SESSION);
     const [ra, rb] = await Promise.all([gA.call('C_GenerateRandom', sA, Buffer.alloc(32)), gB.call('C_GenerateRandom', sB, Buffer.alloc(48))]);
     expect(ra.length).toBe(32);
     expect(rb.length).toBe(48);
@@ -122,22 +108,7 @@ describe('one daemon, several ports', () => {
   it('a slow RSA-4096 key generation on one port does not hold up the other port', async () => {
     const order: string[] = [];
     const keygen = gA
-      .call(
-        'C_GenerateKeyPair',
-        sA,
-        { mechanism: CKM_RSA_PKCS_KEY_PAIR_GEN },
-        [
-          { type: CKA_TOKEN, value: false },
-          { type: CKA_VERIFY, value: true },
-          { type: CKA_MODULUS_BITS, value: 4096 },
-          { type: CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) },
-        ],
-        [
-          { type: CKA_TOKEN, value: false },
-          { type: CKA_PRIVATE, value: false },
-          { type: CKA_SIGN, value: true },
-        ],
-      )
+      .call('C_GenerateKeyPair', sA, { mechanism: CKM_RSA_PKCS_KEY_PAIR_GEN }, ...rsaKeyPair({ bits: 4096, private: false }))
       .then((kp) => {
         order.push('keygen');
         return kp;
@@ -179,7 +150,7 @@ describe('two apps (connections) on the same port, in one guest process', () => 
       await Promise.all([a.C_Initialize(), b.C_Initialize()]);
       const slot = Buffer.from('${slot.toString('hex')}', 'hex');
       const sa = [], sb = [];
-      for (let i = 0; i < 3; i++) { sa.push(await a.C_OpenSession(slot, ${CKF_RW_SERIAL})); sb.push(await b.C_OpenSession(slot, ${CKF_RW_SERIAL})); }
+      for (let i = 0; i < 3; i++) { sa.push(await a.C_OpenSession(slot, ${RW_SESSION})); sb.push(await b.C_OpenSession(slot, ${RW_SESSION})); }
       state.sa = sa; state.sb = sb;
       const chain = async (cl, s, tag) => {
         const out = [];
@@ -221,7 +192,7 @@ describe('two apps (connections) on the same port, in one guest process', () => 
       const stateB = (await b.C_GetSessionInfo(sb[0])).state;
       // sessions only a opens: their handle values were never issued to b
       const extra = [];
-      for (let i = 0; i < 3; i++) extra.push(await a.C_OpenSession(Buffer.from('${slot.toString('hex')}', 'hex'), ${CKF_RW_SERIAL}));
+      for (let i = 0; i < 3; i++) extra.push(await a.C_OpenSession(Buffer.from('${slot.toString('hex')}', 'hex'), ${RW_SESSION}));
       const num = (h) => Number(h.readBigUInt64LE(0));
       const bHandles = sb.map(num);
       const onlyA = extra.find((h) => !bHandles.includes(num(h)));
@@ -246,7 +217,7 @@ describe('two apps (connections) on the same port, in one guest process', () => 
     expect(r.stateOnA).toBe(CKS_RW_USER_FUNCTIONS);
     expect(r.stateAfterLogout).toBe(CKS_RW_PUBLIC_SESSION);
     // the guest's own first connection on that port is unaffected
-    expect((await gB.call('C_GenerateRandom', await gB.call('C_OpenSession', slot, CKF_RW_SERIAL), Buffer.alloc(8))).length).toBe(8);
+    expect((await gB.call('C_GenerateRandom', await gB.call('C_OpenSession', slot, RW_SESSION), Buffer.alloc(8))).length).toBe(8);
   });
 });
 
@@ -332,12 +303,12 @@ describe('raw frames on the line (the test process plays the guest)', () => {
     };
     expect((await call(1, [ID.C_Initialize])).value).toEqual([CKR_OK]);
     const slotNum = Number(slot.readBigUInt64LE(0));
-    const open = await call(2, [ID.C_OpenSession, slotNum, CKF_RW_SERIAL]);
+    const open = await call(2, [ID.C_OpenSession, slotNum, RW_SESSION]);
     expect(open.value[0]).toBe(CKR_OK);
     const s = open.value[1] as number;
 
     const label = Buffer.from(`replay-${nonce}`);
-    const create = [ID.C_CreateObject, s, [[CKA_CLASS, CKO_DATA], [CKA_TOKEN, false], [CKA_PRIVATE, false], [CKA_LABEL, label], [CKA_VALUE, Buffer.from('once')]]];
+    const create = [ID.C_CreateObject, s, wire(dataObject({ private: false, label, value: Buffer.from('once') }))];
     const first = await call(3, create);
     const second = await call(3, create);
     expect(first.value[0]).toBe(CKR_OK);
@@ -363,7 +334,7 @@ describe('raw frames on the line (the test process plays the guest)', () => {
     cleanups.push(() => g.kill());
     await g.connect();
     await g.call('C_Initialize');
-    const s: Buffer = await g.call('C_OpenSession', slot, CKF_RW_SERIAL);
+    const s: Buffer = await g.call('C_OpenSession', slot, RW_SESSION);
     const d: Buffer = await g.call('C_DigestInit', s, { mechanism: CKM_SHA256 }).then(() => g.call('C_Digest', s, Buffer.from('abc'), Buffer.alloc(32)));
     expect(d.toString('hex')).toBe('ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad');
     await g.close();
@@ -383,7 +354,7 @@ describe('signals', () => {
       cleanups.push(() => g.kill());
       await g.connect();
       await g.call('C_Initialize');
-      const s: Buffer = await g.call('C_OpenSession', slot, CKF_RW_SERIAL);
+      const s: Buffer = await g.call('C_OpenSession', slot, RW_SESSION);
       await g.call('C_Login', s, CKU_USER, token.pin);
       expect((await g.call('C_GetSessionInfo', s)).state).toBe(CKS_RW_USER_FUNCTIONS);
 
@@ -448,7 +419,6 @@ describe('a hostile guest: malformed payloads inside well-formed frames', () => 
   // small, the declared lengths are 4 GiB. Run on a port without policy (the
   // executor's C decoder reads the payload) and on a port with a mechanism
   // allow-list (the daemon's TypeScript decoder reads it first).
-  const CKR_OBJECT_HANDLE_INVALID = RV.CKR_OBJECT_HANDLE_INVALID!, CKR_FUNCTION_NOT_SUPPORTED = RV.CKR_FUNCTION_NOT_SUPPORTED!;
   const u32 = (n: number) => { const b = Buffer.alloc(4); b.writeUInt32BE(n); return b; };
   const cat = (...parts: Array<Buffer | number[]>) => Buffer.concat(parts.map((p) => Buffer.isBuffer(p) ? p : Buffer.from(p)));
 
@@ -511,7 +481,7 @@ describe('a hostile guest: malformed payloads inside well-formed frames', () => 
     const slots = await send(pack([ID.C_GetSlotList, true, 8]));
     expect(slots.rv).toBe(CKR_OK);
     const slotNum = (unpack(slots.frame.payload) as [number, number[]])[1][0]!;
-    const open = await send(pack([ID.C_OpenSession, slotNum, CKF_RW_SERIAL]));
+    const open = await send(pack([ID.C_OpenSession, slotNum, RW_SESSION]));
     expect(open.rv).toBe(CKR_OK);
     const s = (unpack(open.frame.payload) as number[])[1]!;
     const rssBefore = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${d.pid}/status`, 'utf8'))![1]);

@@ -7,46 +7,16 @@ import { createCipheriv } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDaemon, type Daemon } from '../helpers/daemon.js';
 import { openDirect } from '../helpers/direct.js';
-import { startGuest, type Guest } from '../helpers/guest.js';
+import { startGuest, type Guest, type GuestError } from '../helpers/guest.js';
 import { createPtyPair, type PtyPair } from '../helpers/pty.js';
+import {
+  CKA_CLASS, CKA_LABEL, CKA_VALUE, CKM_AES_CBC_PAD, CKM_RSA_PKCS_KEY_PAIR_GEN, CKM_SHA256, CKM_SHA256_RSA_PKCS, CKO_DATA,
+  CKR_BUFFER_TOO_SMALL, CKR_CRYPTOKI_NOT_INITIALIZED, CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED, CKR_FUNCTION_NOT_PARALLEL,
+  CKR_FUNCTION_NOT_SUPPORTED, CKR_OBJECT_HANDLE_INVALID, CKR_OK, CKR_OPERATION_ACTIVE, CKR_OPERATION_NOT_INITIALIZED, CKR_PIN_INCORRECT,
+  CKR_SESSION_HANDLE_INVALID, CKS_RW_PUBLIC_SESSION, CKS_RW_USER_FUNCTIONS, CKU_USER, RW_SESSION,
+} from '../helpers/pkcs11.js';
 import { createToken, type SoftHsmToken } from '../helpers/softhsm.js';
-
-// CK_RV values
-const CKR_DEVICE_ERROR = 0x30;
-const CKR_DEVICE_REMOVED = 0x32;
-const CKR_FUNCTION_NOT_SUPPORTED = 0x54;
-const CKR_FUNCTION_NOT_PARALLEL = 0x51;
-const CKR_OBJECT_HANDLE_INVALID = 0x82;
-const CKR_OPERATION_ACTIVE = 0x90;
-const CKR_OPERATION_NOT_INITIALIZED = 0x91;
-const CKR_PIN_INCORRECT = 0xa0;
-const CKR_SESSION_HANDLE_INVALID = 0xb3;
-const CKR_BUFFER_TOO_SMALL = 0x150;
-const CKR_CRYPTOKI_NOT_INITIALIZED = 0x190;
-
-// PKCS#11 constants
-const CKF_RW_SERIAL = 0x6;
-const CKU_USER = 1;
-const CKO_DATA = 0;
-const CKO_SECRET_KEY = 4;
-const CKK_AES = 0x1f;
-const CKA_CLASS = 0x0;
-const CKA_TOKEN = 0x1;
-const CKA_PRIVATE = 0x2;
-const CKA_LABEL = 0x3;
-const CKA_VALUE = 0x11;
-const CKA_KEY_TYPE = 0x100;
-const CKA_SENSITIVE = 0x103;
-const CKA_ENCRYPT = 0x104;
-const CKA_DECRYPT = 0x105;
-const CKA_SIGN = 0x108;
-const CKA_VERIFY = 0x10a;
-const CKA_MODULUS_BITS = 0x121;
-const CKA_PUBLIC_EXPONENT = 0x122;
-const CKA_EXTRACTABLE = 0x162;
-const CKM_RSA_PKCS_KEY_PAIR_GEN = 0x0;
-const CKM_SHA256_RSA_PKCS = 0x40;
-const CKM_AES_CBC_PAD = 0x1085;
+import { aesKey, READABLE, rsaKeyPair } from '../helpers/templates.js';
 
 const WRONG_PIN = 'wr0ng-PIN-5309';
 const USER_PIN = 'Us3r-PIN-8675';
@@ -63,18 +33,18 @@ const handle = (n: number): Buffer => {
 };
 
 /** Awaits a rejection and returns the error (fails if p resolves). */
-async function rejection(p: Promise<unknown>): Promise<any> {
+async function rejection(p: Promise<unknown>): Promise<GuestError> {
   let value: unknown;
   try {
     value = await p;
   } catch (e) {
-    return e;
+    return e as GuestError;
   }
   throw new Error(`expected a rejection, got ${JSON.stringify(value)}`);
 }
 
 /** Asserts a PKCS#11 error: numeric code and the CKR name at the start of the message. */
-async function expectRv(p: Promise<unknown>, code: number, name: string): Promise<any> {
+async function expectRv(p: Promise<unknown>, code: number, name: string): Promise<GuestError> {
   const err = await rejection(p);
   expect(err, String(err?.message)).toMatchObject({ code });
   expect(String(err.message)).toMatch(new RegExp(`^${name}(:|$)`));
@@ -130,7 +100,7 @@ beforeAll(async () => {
   await guest.connect();
   await guest.call('C_Initialize');
   slot = await findSlot(guest, token.label);
-  session = await guest.call('C_OpenSession', slot, CKF_RW_SERIAL);
+  session = await guest.call('C_OpenSession', slot, RW_SESSION);
 });
 
 afterAll(async () => {
@@ -147,7 +117,7 @@ describe('error paths through the bridge', () => {
   });
 
   it('wrong PIN: CKR_PIN_INCORRECT, the same as pkcs11js directly', async () => {
-    const s: Buffer = await guest.call('C_OpenSession', slot, CKF_RW_SERIAL);
+    const s: Buffer = await guest.call('C_OpenSession', slot, RW_SESSION);
     const bridged = await expectRv(guest.call('C_Login', s, CKU_USER, WRONG_PIN), CKR_PIN_INCORRECT, 'CKR_PIN_INCORRECT');
     expect(bridged.name).toBe('Pkcs11Error');
     expect(bridged.method).toBe('C_Login');
@@ -156,7 +126,8 @@ describe('error paths through the bridge', () => {
     try {
       const p = direct.pkcs11;
       const dslot = p.C_GetSlotList(true).find((sl) => p.C_GetTokenInfo(sl).label.trim() === token.label)!;
-      const ds = p.C_OpenSession(dslot, CKF_RW_SERIAL);
+      const ds = p.C_OpenSession(dslot, RW_SESSION);
+      // eslint-disable-next-line @typescript-eslint/no-explicit-any -- what pkcs11js throws, checked below
       let directErr: any;
       try {
         p.C_Login(ds, CKU_USER, WRONG_PIN);
@@ -173,7 +144,7 @@ describe('error paths through the bridge', () => {
 
     // The right PIN still works afterwards.
     await guest.call('C_Login', s, CKU_USER, USER_PIN);
-    expect((await guest.call('C_GetSessionInfo', s)).state).toBe(3); // CKS_RW_USER_FUNCTIONS
+    expect((await guest.call('C_GetSessionInfo', s)).state).toBe(CKS_RW_USER_FUNCTIONS);
     await guest.call('C_Logout', s);
     await guest.call('C_CloseSession', s);
     await stillWorks();
@@ -199,34 +170,11 @@ describe('error paths through the bridge', () => {
     let priv: Buffer;
     let aes: Buffer;
     beforeAll(async () => {
-      s = await guest.call('C_OpenSession', slot, CKF_RW_SERIAL);
-      const kp = await guest.call(
-        'C_GenerateKeyPair',
-        s,
-        { mechanism: CKM_RSA_PKCS_KEY_PAIR_GEN },
-        [
-          { type: CKA_TOKEN, value: false },
-          { type: CKA_VERIFY, value: true },
-          { type: CKA_MODULUS_BITS, value: 2048 },
-          { type: CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) },
-        ],
-        [
-          { type: CKA_TOKEN, value: false },
-          { type: CKA_PRIVATE, value: false },
-          { type: CKA_SIGN, value: true },
-        ],
-      );
+      s = await guest.call('C_OpenSession', slot, RW_SESSION);
+      const kp = await guest.call('C_GenerateKeyPair', s, { mechanism: CKM_RSA_PKCS_KEY_PAIR_GEN }, ...rsaKeyPair({ private: false }));
       pub = kp.publicKey;
       priv = kp.privateKey;
-      aes = await guest.call('C_CreateObject', s, [
-        { type: CKA_CLASS, value: CKO_SECRET_KEY },
-        { type: CKA_KEY_TYPE, value: CKK_AES },
-        { type: CKA_TOKEN, value: false },
-        { type: CKA_PRIVATE, value: false },
-        { type: CKA_ENCRYPT, value: true },
-        { type: CKA_DECRYPT, value: true },
-        { type: CKA_VALUE, value: Buffer.from('00112233445566778899aabbccddeeff', 'hex') },
-      ]);
+      aes = await guest.call('C_CreateObject', s, aesKey(Buffer.from('00112233445566778899aabbccddeeff', 'hex'), { private: false }));
     });
 
     it('C_Sign with a too-small Buffer: CKR_BUFFER_TOO_SMALL, the operation stays active', async () => {
@@ -264,7 +212,7 @@ describe('error paths through the bridge', () => {
         const sig = await c.C_Sign(s, data, Buffer.alloc(Number(q.results[0])));
         return { q, small, sigLen: sig.length };
       `);
-      expect(r.q).toEqual({ rv: 0, results: [256] });
+      expect(r.q).toEqual({ rv: CKR_OK, results: [256] });
       expect(r.small).toEqual({ rv: CKR_BUFFER_TOO_SMALL, results: [256] });
       expect(r.sigLen).toBe(256);
       await stillWorks();
@@ -274,11 +222,12 @@ describe('error paths through the bridge', () => {
   it('function the module does not support: same code as pkcs11js directly', async () => {
     const bridged = await rejection(guest.call('C_SignEncryptUpdate', session, Buffer.from('part'), Buffer.alloc(64)));
     const direct = await openDirect(token);
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- what pkcs11js throws, checked below
     let directErr: any;
     try {
       const p = direct.pkcs11;
       const dslot = p.C_GetSlotList(true).find((sl) => p.C_GetTokenInfo(sl).label.trim() === token.label)!;
-      const ds = p.C_OpenSession(dslot, CKF_RW_SERIAL);
+      const ds = p.C_OpenSession(dslot, RW_SESSION);
       try {
         p.C_SignEncryptUpdate(ds, Buffer.from('part'), Buffer.alloc(64));
       } catch (e) {
@@ -299,12 +248,12 @@ describe('error paths through the bridge', () => {
   });
 
   it('operation not initialized / operation active', async () => {
-    const s: Buffer = await guest.call('C_OpenSession', slot, CKF_RW_SERIAL);
+    const s: Buffer = await guest.call('C_OpenSession', slot, RW_SESSION);
     await expectRv(guest.call('C_Sign', s, Buffer.from('x'), Buffer.alloc(256)), CKR_OPERATION_NOT_INITIALIZED, 'CKR_OPERATION_NOT_INITIALIZED');
     await expectRv(guest.call('C_DigestUpdate', s, Buffer.from('x')), CKR_OPERATION_NOT_INITIALIZED, 'CKR_OPERATION_NOT_INITIALIZED');
 
-    await guest.call('C_DigestInit', s, { mechanism: 0x250 /* CKM_SHA256 */ });
-    await expectRv(guest.call('C_DigestInit', s, { mechanism: 0x250 }), CKR_OPERATION_ACTIVE, 'CKR_OPERATION_ACTIVE');
+    await guest.call('C_DigestInit', s, { mechanism: CKM_SHA256 });
+    await expectRv(guest.call('C_DigestInit', s, { mechanism: CKM_SHA256 }), CKR_OPERATION_ACTIVE, 'CKR_OPERATION_ACTIVE');
     // the first operation is still usable
     const d: Buffer = await guest.call('C_Digest', s, Buffer.from('abc'), Buffer.alloc(32));
     expect(d.toString('hex')).toBe('ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad');
@@ -357,20 +306,10 @@ describe('error paths through the bridge', () => {
   });
 
   it('the daemon logs never contain PINs, key values or plaintext', async () => {
-    const s: Buffer = await guest.call('C_OpenSession', slot, CKF_RW_SERIAL);
+    const s: Buffer = await guest.call('C_OpenSession', slot, RW_SESSION);
     await expectRv(guest.call('C_Login', s, CKU_USER, WRONG_PIN), CKR_PIN_INCORRECT, 'CKR_PIN_INCORRECT');
     await guest.call('C_Login', s, CKU_USER, USER_PIN);
-    const key: Buffer = await guest.call('C_CreateObject', s, [
-      { type: CKA_CLASS, value: CKO_SECRET_KEY },
-      { type: CKA_KEY_TYPE, value: CKK_AES },
-      { type: CKA_TOKEN, value: false },
-      { type: CKA_SENSITIVE, value: false },
-      { type: CKA_EXTRACTABLE, value: true },
-      { type: CKA_ENCRYPT, value: true },
-      { type: CKA_DECRYPT, value: true },
-      { type: CKA_LABEL, value: 'log-check-key' },
-      { type: CKA_VALUE, value: AES_KEY },
-    ]);
+    const key: Buffer = await guest.call('C_CreateObject', s, aesKey(AES_KEY, { ...READABLE, label: 'log-check-key' }));
     await guest.call('C_EncryptInit', s, { mechanism: CKM_AES_CBC_PAD, parameter: AES_IV }, key);
     const ct: Buffer = await guest.call('C_Encrypt', s, PLAINTEXT, Buffer.alloc(PLAINTEXT.length + 16));
     const c = createCipheriv('aes-128-cbc', AES_KEY, AES_IV);
@@ -458,7 +397,7 @@ describe('daemon restart', () => {
     await g.connect();
     await g.call('C_Initialize');
     const sl = await findSlot(g, token.label);
-    const s: Buffer = await g.call('C_OpenSession', sl, CKF_RW_SERIAL);
+    const s: Buffer = await g.call('C_OpenSession', sl, RW_SESSION);
     expect((await g.call('C_GenerateRandom', s, Buffer.alloc(8))).length).toBe(8);
 
     expect(await d1.stop('SIGTERM')).toEqual({ code: 0, signal: null });
@@ -472,9 +411,9 @@ describe('daemon restart', () => {
     await g.connect();
     await g.call('C_Initialize');
     const sl2 = await findSlot(g, token.label);
-    const s2: Buffer = await g.call('C_OpenSession', sl2, CKF_RW_SERIAL);
+    const s2: Buffer = await g.call('C_OpenSession', sl2, RW_SESSION);
     expect((await g.call('C_GenerateRandom', s2, Buffer.alloc(16))).length).toBe(16);
-    expect((await g.call('C_GetSessionInfo', s2)).state).toBe(2); // CKS_RW_PUBLIC_SESSION
+    expect((await g.call('C_GetSessionInfo', s2)).state).toBe(CKS_RW_PUBLIC_SESSION);
     await g.close();
   });
 });

@@ -21,17 +21,14 @@ import { GUEST_SOFTHSM2_CONF } from '../helpers/guest.js';
 import { openDirect } from '../helpers/direct.js';
 import { FaultLink, mulberry32, type DirectionStats } from '../helpers/fault-link.js';
 import { createPtyPair, type PtyPair } from '../helpers/pty.js';
+import {
+  CKA_APPLICATION, CKA_CLASS, CKA_LABEL, CKA_MODULUS, CKA_PUBLIC_EXPONENT, CKA_TOKEN, CKF_SERIAL_SESSION, CKM_AES_CBC,
+  CKM_RSA_PKCS_KEY_PAIR_GEN, CKM_SHA256, CKM_SHA256_HMAC, CKM_SHA256_RSA_PKCS, CKO_DATA, CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED,
+  CKS_RW_PUBLIC_SESSION, CKS_RW_USER_FUNCTIONS, CKU_USER, RW_SESSION,
+} from '../helpers/pkcs11.js';
 import { createToken, type SoftHsmToken } from '../helpers/softhsm.js';
+import { aesKey, dataObject, hmacKey, rsaKeyPair } from '../helpers/templates.js';
 
-const CKF_RW_SERIAL = 6, CKF_SERIAL = 4, CKU_USER = 1;
-const CKS_RW_PUBLIC_SESSION = 2, CKS_RW_USER_FUNCTIONS = 3;
-const CKO_DATA = 0, CKO_SECRET_KEY = 4;
-const CKK_GENERIC_SECRET = 0x10, CKK_AES = 0x1f;
-const CKA_CLASS = 0, CKA_TOKEN = 1, CKA_PRIVATE = 2, CKA_LABEL = 3, CKA_APPLICATION = 0x10, CKA_VALUE = 0x11;
-const CKA_KEY_TYPE = 0x100, CKA_ENCRYPT = 0x104, CKA_DECRYPT = 0x105, CKA_SIGN = 0x108, CKA_VERIFY = 0x10a;
-const CKA_MODULUS = 0x120, CKA_MODULUS_BITS = 0x121, CKA_PUBLIC_EXPONENT = 0x122;
-const CKM_RSA_PKCS_KEY_PAIR_GEN = 0, CKM_SHA256_RSA_PKCS = 0x40, CKM_SHA256 = 0x250, CKM_SHA256_HMAC = 0x251, CKM_AES_CBC = 0x1082;
-const CKR_DEVICE_ERROR = 0x30, CKR_DEVICE_REMOVED = 0x32;
 const execFileP = promisify(execFile);
 
 /** Retry settings for a pty (no UART delay): a lost frame costs about 110 ms. */
@@ -89,21 +86,15 @@ interface Keys {
 async function setUp(c: Pkcs11Client): Promise<Keys> {
   await c.C_Initialize();
   const slot = await findSlot(c);
-  const session = await c.C_OpenSession(slot, CKF_RW_SERIAL);
+  const session = await c.C_OpenSession(slot, RW_SESSION);
   await c.C_Login(session, CKU_USER, token.pin);
-  const aesKey = randomBytes(32), hmacKey = randomBytes(32);
-  const secret = (keyType: number, value: Buffer, use: object[]) => c.C_CreateObject(session, [
-    { type: CKA_CLASS, value: CKO_SECRET_KEY }, { type: CKA_KEY_TYPE, value: keyType }, { type: CKA_TOKEN, value: false },
-    { type: CKA_PRIVATE, value: false }, { type: CKA_VALUE, value }, ...(use as never[]),
-  ]);
-  const aes = await secret(CKK_AES, aesKey, [{ type: CKA_ENCRYPT, value: true }, { type: CKA_DECRYPT, value: true }]);
-  const hmac = await secret(CKK_GENERIC_SECRET, hmacKey, [{ type: CKA_SIGN, value: true }, { type: CKA_VERIFY, value: true }]);
-  const kp = await c.C_GenerateKeyPair(session, { mechanism: CKM_RSA_PKCS_KEY_PAIR_GEN },
-    [{ type: CKA_TOKEN, value: false }, { type: CKA_MODULUS_BITS, value: 2048 }, { type: CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) }, { type: CKA_VERIFY, value: true }],
-    [{ type: CKA_TOKEN, value: false }, { type: CKA_PRIVATE, value: false }, { type: CKA_SIGN, value: true }]);
+  const aesValue = randomBytes(32), hmacValue = randomBytes(32);
+  const aes = await c.C_CreateObject(session, aesKey(aesValue, { private: false }));
+  const hmac = await c.C_CreateObject(session, hmacKey(hmacValue, { private: false }));
+  const kp = await c.C_GenerateKeyPair(session, { mechanism: CKM_RSA_PKCS_KEY_PAIR_GEN }, ...rsaKeyPair({ private: false }));
   const [n, e] = await c.C_GetAttributeValue(session, kp.publicKey, [{ type: CKA_MODULUS }, { type: CKA_PUBLIC_EXPONENT }]);
   const rsaPub = createPublicKey({ key: { kty: 'RSA', n: (n!.value as Buffer).toString('base64url'), e: (e!.value as Buffer).toString('base64url') }, format: 'jwk' });
-  return { session, aes, aesKey, hmac, hmacKey, rsaPriv: kp.privateKey, rsaPub };
+  return { session, aes, aesKey: aesValue, hmac, hmacKey: hmacValue, rsaPriv: kp.privateKey, rsaPub };
 }
 
 interface WorkloadResult {
@@ -187,10 +178,7 @@ async function workload(c: Pkcs11Client, k: Keys, target: number, seed: number):
         return;
       }
       const label = `${app}-${onToken ? 't' : 's'}-${serial++}`;
-      const h = await call(c.C_CreateObject(s, [
-        { type: CKA_CLASS, value: CKO_DATA }, { type: CKA_TOKEN, value: onToken }, { type: CKA_PRIVATE, value: false },
-        { type: CKA_LABEL, value: label }, { type: CKA_APPLICATION, value: Buffer.from(app) }, { type: CKA_VALUE, value: randomBytes(20) },
-      ]));
+      const h = await call(c.C_CreateObject(s, dataObject({ token: onToken, private: false, label, application: Buffer.from(app), value: randomBytes(20) })));
       list.push({ h, label });
     }]),
     [1, async () => {
@@ -235,7 +223,7 @@ async function countTokenObjects(app: string): Promise<number> {
   try {
     const p = direct.pkcs11;
     const slot = p.C_GetSlotList(true).find((sl) => p.C_GetTokenInfo(sl).label.trim() === token.label)!;
-    const s = p.C_OpenSession(slot, CKF_SERIAL);
+    const s = p.C_OpenSession(slot, CKF_SERIAL_SESSION);
     p.C_FindObjectsInit(s, [{ type: CKA_CLASS, value: CKO_DATA }, { type: CKA_APPLICATION, value: Buffer.from(app) }]);
     const n = p.C_FindObjects(s, 100_000).length;
     p.C_FindObjectsFinal(s);
@@ -294,15 +282,13 @@ describe('retries exhausted', () => {
     const c = await Pkcs11Client.connect({ port: appPair.guestPath, timeoutMs: 5000, attemptTimeoutMs: 100, maxAttempts: 3, retryBackoffMs: 10 });
     try {
       await c.C_Initialize();
-      const s = await c.C_OpenSession(await findSlot(c), CKF_RW_SERIAL);
+      const s = await c.C_OpenSession(await findSlot(c), RW_SESSION);
       const retries0 = c.lineStats.retries;
       // The daemon's answers no longer reach the guest; its requests still arrive.
       link.setFaults({ frameRate: 0 }, { frameRate: 1, kinds: ['drop'] });
       const label = `exhausted-${Date.now()}`;
       const t0 = Date.now();
-      const err = await c.C_CreateObject(s, [
-        { type: CKA_CLASS, value: CKO_DATA }, { type: CKA_TOKEN, value: false }, { type: CKA_PRIVATE, value: false }, { type: CKA_LABEL, value: label },
-      ]).then(() => undefined, (e: unknown) => e as { code?: number; message: string });
+      const err = await c.C_CreateObject(s, dataObject({ private: false, label })).then(() => undefined, (e: unknown) => e as { code?: number; message: string });
       const ms = Date.now() - t0;
       expect(err).toMatchObject({ code: CKR_DEVICE_ERROR, message: expect.stringMatching(/3 attempts/) });
       // Bounded by maxAttempts, not by the 5 s budget: three sendings, then the error.
@@ -508,7 +494,7 @@ describe('a port fed garbage', () => {
     const c = await Pkcs11Client.connect({ port: normal.guestPath, timeoutMs: 5000 });
     cleanups.push(() => c.close());
     await c.C_Initialize();
-    const s = await c.C_OpenSession(await findSlot(c), CKF_SERIAL);
+    const s = await c.C_OpenSession(await findSlot(c), CKF_SERIAL_SESSION);
     const digest = async (i: number) => {
       const data = Buffer.from(`normal call ${i}`);
       await c.C_DigestInit(s, { mechanism: CKM_SHA256 });

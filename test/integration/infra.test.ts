@@ -7,8 +7,10 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { startDaemon } from '../helpers/daemon.js';
 import { openDirect } from '../helpers/direct.js';
 import { decodeValue, encodeValue, GUEST_SOFTHSM2_CONF, startGuest, type Guest } from '../helpers/guest.js';
+import { CKA_MODULUS_BITS, CKA_VALUE, CKR_PIN_INCORRECT, CKU_USER, RW_SESSION } from '../helpers/pkcs11.js';
 import { createPtyPair, isCookedEcho, sttyAll } from '../helpers/pty.js';
 import { createToken, SOFTHSM_MODULE, type SoftHsmToken } from '../helpers/softhsm.js';
+import { dataObject } from '../helpers/templates.js';
 
 const execFileP = promisify(execFile);
 const fixture = (name: string) => fileURLToPath(new URL(`../fixtures/${name}`, import.meta.url));
@@ -36,15 +38,10 @@ describe('softhsm helper', () => {
     const slot = slots[labels.indexOf('infra-token')]!;
 
     // user PIN works
-    const s = pkcs11.C_OpenSession(slot, 0x6 /* CKF_SERIAL_SESSION | CKF_RW_SESSION */);
-    pkcs11.C_Login(s, 1 /* CKU_USER */, token.pin);
+    const s = pkcs11.C_OpenSession(slot, RW_SESSION);
+    pkcs11.C_Login(s, CKU_USER, token.pin);
     // A token object written here is visible to another process on the same token dir.
-    pkcs11.C_CreateObject(s, [
-      { type: 0x0 /* CKA_CLASS */, value: 0 /* CKO_DATA */ },
-      { type: 0x1 /* CKA_TOKEN */, value: true },
-      { type: 0x3 /* CKA_LABEL */, value: 'infra-data' },
-      { type: 0x11 /* CKA_VALUE */, value: Buffer.from('x') },
-    ]);
+    pkcs11.C_CreateObject(s, dataObject({ token: true, label: 'infra-data', value: Buffer.from('x') }));
     const { stdout } = await execFileP(
       'pkcs11-tool',
       ['--module', token.module, '--token-label', 'infra-token', '--login', '--pin', token.pin, '--list-objects', '--type', 'data'],
@@ -127,10 +124,10 @@ describe('guest helper (with a fake client library)', () => {
     expect(slots).toEqual([Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]), Buffer.from([2, 0, 0, 0, 0, 0, 0, 0])]);
     expect(Buffer.isBuffer(slots[0])).toBe(true);
 
-    const template = [{ type: 0x11, value: Buffer.from('abc') }, { type: 0x121, value: 2048n }, { nested: { b: [Buffer.alloc(0)] } }];
+    const template = [{ type: CKA_VALUE, value: Buffer.from('abc') }, { type: CKA_MODULUS_BITS, value: 2048n }, { nested: { b: [Buffer.alloc(0)] } }];
     expect(await g.call('echo', ...template)).toEqual(template);
 
-    await expect(g.call('C_Login', 1, '1234')).rejects.toMatchObject({ code: 0xa0, method: 'C_Login', name: 'Pkcs11Error' });
+    await expect(g.call('C_Login', CKU_USER, '1234')).rejects.toMatchObject({ code: CKR_PIN_INCORRECT, method: 'C_Login', name: 'Pkcs11Error' });
     await expect(g.call('noSuchMethod')).rejects.toThrow(/no method noSuchMethod/);
 
     // concurrent commands, answered out of order

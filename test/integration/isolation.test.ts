@@ -15,12 +15,14 @@ import { createToken, type SoftHsmToken } from '../helpers/softhsm.js';
 import { createPtyPair, type PtyPair } from '../helpers/pty.js';
 import { startDaemon, type Daemon } from '../helpers/daemon.js';
 import { startGuest, type Guest } from '../helpers/guest.js';
+import {
+  CKA_LABEL, CKM_RSA_PKCS_KEY_PAIR_GEN, CKM_SHA256, CKR_DEVICE_ERROR, CKR_OBJECT_HANDLE_INVALID, CKR_SESSION_HANDLE_INVALID,
+  CKS_RW_PUBLIC_SESSION, CKS_RW_USER_FUNCTIONS, CKU_USER, RW_SESSION,
+} from '../helpers/pkcs11.js';
+import { dataObject, rsaKeyPair, source } from '../helpers/templates.js';
 
 const run = promisify(execFile);
 const MODULE_SO = join(packageRoot(), 'native', 'build', 'libp11bridge.so');
-const CKF_RW_SERIAL = 6, CKU_USER = 1;
-const CKS_RW_PUBLIC_SESSION = 2, CKS_RW_USER_FUNCTIONS = 3;
-const CKR_SESSION_HANDLE_INVALID = 0xb3, CKR_OBJECT_HANDLE_INVALID = 0x82, CKR_DEVICE_ERROR = 0x30;
 
 let token: SoftHsmToken;
 let ptyA: PtyPair;
@@ -69,13 +71,14 @@ for (const layout of ['different ports', 'the same port'] as const) {
     });
 
     it('a login by one app does not log in the other', async () => {
-      const sa = await a.eval(`state.s = await c.C_OpenSession(state.slot, ${CKF_RW_SERIAL}); await c.C_Login(state.s, ${CKU_USER}, ${JSON.stringify(token.pin)}); return (await c.C_GetSessionInfo(state.s)).state`);
-      const sb = await b.eval(`state.s = await c.C_OpenSession(state.slot, ${CKF_RW_SERIAL}); return (await c.C_GetSessionInfo(state.s)).state`);
+      const sa = await a.eval(`state.s = await c.C_OpenSession(state.slot, ${RW_SESSION}); await c.C_Login(state.s, ${CKU_USER}, ${JSON.stringify(token.pin)}); return (await c.C_GetSessionInfo(state.s)).state`);
+      const sb = await b.eval(`state.s = await c.C_OpenSession(state.slot, ${RW_SESSION}); return (await c.C_GetSessionInfo(state.s)).state`);
       expect(sa).toBe(CKS_RW_USER_FUNCTIONS);
       expect(sb).toBe(CKS_RW_PUBLIC_SESSION);
       // A private object is out of B's reach until B logs in itself.
-      await a.eval(`state.priv = await c.C_CreateObject(state.s, [{ type: 0, value: 0 }, { type: 2, value: true }, { type: 3, value: 'a-private' }, { type: 0x11, value: Buffer.from('secret') }]); return null`);
-      const seen = await b.eval(`await c.C_FindObjectsInit(state.s, [{ type: 3, value: 'a-private' }]); const f = await c.C_FindObjects(state.s, 10); await c.C_FindObjectsFinal(state.s); return f.length`);
+      const priv = dataObject({ private: true, label: 'a-private', value: Buffer.from('secret') });
+      await a.eval(`state.priv = await c.C_CreateObject(state.s, ${source(priv)}); return null`);
+      const seen = await b.eval(`await c.C_FindObjectsInit(state.s, [{ type: ${CKA_LABEL}, value: 'a-private' }]); const f = await c.C_FindObjects(state.s, 10); await c.C_FindObjectsFinal(state.s); return f.length`);
       expect(seen).toBe(0);
     });
 
@@ -83,17 +86,17 @@ for (const layout of ['different ports', 'the same port'] as const) {
       // B opens no more sessions: A's handles (beyond B's one) mean nothing to B.
       const handles = await a.eval(`
         state.extra = [];
-        for (let i = 0; i < 3; i++) state.extra.push(await c.C_OpenSession(state.slot, ${CKF_RW_SERIAL}));
-        state.obj = await c.C_CreateObject(state.s, [{ type: 0, value: 0 }, { type: 3, value: 'a-session-object' }, { type: 0x11, value: Buffer.from('x') }]);
+        for (let i = 0; i < 3; i++) state.extra.push(await c.C_OpenSession(state.slot, ${RW_SESSION}));
+        state.obj = await c.C_CreateObject(state.s, ${source(dataObject({ label: 'a-session-object', value: Buffer.from('x') }))});
         return { sessions: state.extra, obj: state.obj };
       `);
       for (const s of handles.sessions) {
         await expect(b.call('C_GetSessionInfo', s)).rejects.toMatchObject({ code: CKR_SESSION_HANDLE_INVALID });
       }
       const bSession = await b.eval('return state.s');
-      await expect(b.call('C_GetAttributeValue', bSession, handles.obj, [{ type: 3 }])).rejects.toMatchObject({ code: CKR_OBJECT_HANDLE_INVALID });
+      await expect(b.call('C_GetAttributeValue', bSession, handles.obj, [{ type: CKA_LABEL }])).rejects.toMatchObject({ code: CKR_OBJECT_HANDLE_INVALID });
       // A's session objects are invisible to B.
-      const seen = await b.eval(`await c.C_FindObjectsInit(state.s, [{ type: 3, value: 'a-session-object' }]); const f = await c.C_FindObjects(state.s, 10); await c.C_FindObjectsFinal(state.s); return f.length`);
+      const seen = await b.eval(`await c.C_FindObjectsInit(state.s, [{ type: ${CKA_LABEL}, value: 'a-session-object' }]); const f = await c.C_FindObjects(state.s, 10); await c.C_FindObjectsFinal(state.s); return f.length`);
       expect(seen).toBe(0);
     });
 
@@ -116,23 +119,23 @@ describe('a module instance that crashes or hangs', () => {
       const conn = await g.eval('return c.serverInfo.connection');
       return daemon.logs().find((l) => l.msg === 'connection opened' && l.conn === conn)!.executorPid as number;
     };
-    await victim.eval(`state.s = await c.C_OpenSession(state.slot, ${CKF_RW_SERIAL}); return null`);
+    await victim.eval(`state.s = await c.C_OpenSession(state.slot, ${RW_SESSION}); return null`);
     // Crash: the victim gets CKR_DEVICE_ERROR, nobody else notices.
     process.kill(await pidOf(victim), 'SIGKILL');
     await expect(victim.eval('return c.C_GenerateRandom(state.s, Buffer.alloc(8))')).rejects.toMatchObject({ code: expect.any(Number) });
     for (const g of [bystander, other]) {
-      expect(await g.eval(`const s = await c.C_OpenSession(state.slot, ${CKF_RW_SERIAL}); return (await c.C_GenerateRandom(s, Buffer.alloc(8))).length`)).toBe(8);
+      expect(await g.eval(`const s = await c.C_OpenSession(state.slot, ${RW_SESSION}); return (await c.C_GenerateRandom(s, Buffer.alloc(8))).length`)).toBe(8);
     }
 
     // Hang: the call runs into the daemon's --max-call limit (3 s) while the others carry on.
     const hung = await app(ptyB.guestPath, 10_000);
-    await hung.eval(`state.s = await c.C_OpenSession(state.slot, ${CKF_RW_SERIAL}); return null`);
+    await hung.eval(`state.s = await c.C_OpenSession(state.slot, ${RW_SESSION}); return null`);
     const hungPid = await pidOf(hung);
     process.kill(hungPid, 'SIGSTOP');
     const stuck = hung.eval('return c.C_GenerateRandom(state.s, Buffer.alloc(8))');
     const stuckResult = stuck.then(() => 'answered', (e: { code?: number }) => e.code);
     // The other port serves normally meanwhile.
-    expect(await other.eval(`const s = await c.C_OpenSession(state.slot, ${CKF_RW_SERIAL}); let n = 0; for (let i = 0; i < 20; i++) n += (await c.C_GenerateRandom(s, Buffer.alloc(4))).length; return n`)).toBe(80);
+    expect(await other.eval(`const s = await c.C_OpenSession(state.slot, ${RW_SESSION}); let n = 0; for (let i = 0; i < 20; i++) n += (await c.C_GenerateRandom(s, Buffer.alloc(4))).length; return n`)).toBe(80);
     expect(await stuckResult).toBe(CKR_DEVICE_ERROR);
     await daemon.waitForLog((l) => l.msg === 'call exceeded the time limit; terminating the module instance', 5000);
   });
@@ -161,11 +164,11 @@ describe('several processes on one port', () => {
     const workers = await Promise.all([0, 1, 2, 3].map(() => app(ptyB.guestPath, 8000)));
     const loop = (id: number, n: number) => `
       const { createHash } = await import('node:crypto');
-      const s = await c.C_OpenSession(state.slot, ${CKF_RW_SERIAL});
+      const s = await c.C_OpenSession(state.slot, ${RW_SESSION});
       let ok = 0;
       for (let i = 0; i < ${n}; i++) {
         const msg = Buffer.from('worker ${id} message ' + i);
-        await c.C_DigestInit(s, { mechanism: 0x250 });
+        await c.C_DigestInit(s, { mechanism: ${CKM_SHA256} });
         const d = await c.C_Digest(s, msg, Buffer.alloc(32));
         if (!d.equals(createHash('sha256').update(msg).digest())) throw new Error('wrong digest at ' + i);
         if ((await c.C_GenerateRandom(s, Buffer.alloc(16 + (i % 7)))).length !== 16 + (i % 7)) throw new Error('wrong length');
@@ -175,8 +178,8 @@ describe('several processes on one port', () => {
     // A fifth process generates RSA keys in a loop and is killed in the middle of one.
     const doomed = await app(ptyB.guestPath, 8000);
     const doomedRun = doomed.eval(`
-      const s = await c.C_OpenSession(state.slot, ${CKF_RW_SERIAL});
-      for (;;) await c.C_GenerateKeyPair(s, { mechanism: 0 }, [{ type: 0x121, value: 2048 }, { type: 0x122, value: Buffer.from([1, 0, 1]) }], [{ type: 0x108, value: true }]);
+      const s = await c.C_OpenSession(state.slot, ${RW_SESSION});
+      for (;;) await c.C_GenerateKeyPair(s, { mechanism: ${CKM_RSA_PKCS_KEY_PAIR_GEN} }, ${rsaKeyPair().map(source).join(', ')});
     `).catch(() => 'killed');
     const runs = workers.map((w, i) => w.eval(loop(i, 150)));
     const tools = [0, 1, 2, 3].map((i) => toolWorker(i, 12));

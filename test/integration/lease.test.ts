@@ -6,6 +6,7 @@ import { createToken, type SoftHsmToken } from '../helpers/softhsm.js';
 import { createPtyPair, type PtyPair } from '../helpers/pty.js';
 import { startDaemon, type Daemon } from '../helpers/daemon.js';
 import { startGuest, type Guest } from '../helpers/guest.js';
+import { CKS_RW_PUBLIC_SESSION, CKS_RW_USER_FUNCTIONS, CKU_USER, RW_SESSION } from '../helpers/pkcs11.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const alive = (pid: number) => {
@@ -42,8 +43,8 @@ describe('idle lease', () => {
     await guest.eval(`
       await c.C_Initialize();
       const slot = (await c.C_GetSlotList(true))[0];
-      state.session = await c.C_OpenSession(slot, 6);
-      await c.C_Login(state.session, 1, ${JSON.stringify(token.pin)});
+      state.session = await c.C_OpenSession(slot, ${RW_SESSION});
+      await c.C_Login(state.session, ${CKU_USER}, ${JSON.stringify(token.pin)});
     `);
     return { guest, conn: (await guest.eval('return c.serverInfo.connection')) as number };
   }
@@ -64,7 +65,7 @@ describe('idle lease', () => {
     expect(daemon.logs().some((l) => l.msg === 'connection expired' && l.conn === living.conn)).toBe(false);
 
     const state = await living.guest.eval('return (await c.C_GetSessionInfo(state.session)).state');
-    expect(state).toBe(3); // CKS_RW_USER_FUNCTIONS: still logged in
+    expect(state).toBe(CKS_RW_USER_FUNCTIONS); // still logged in
     await living.guest.close();
   });
 
@@ -73,9 +74,9 @@ describe('idle lease', () => {
     await again.connect({ timeoutMs: 3000 });
     await again.call('C_Initialize');
     const slot = (await again.call('C_GetSlotList', true))[0];
-    const session = await again.call('C_OpenSession', slot, 6);
+    const session = await again.call('C_OpenSession', slot, RW_SESSION);
     // A fresh application: not logged in.
-    expect((await again.call('C_GetSessionInfo', session)).state).toBe(2);
+    expect((await again.call('C_GetSessionInfo', session)).state).toBe(CKS_RW_PUBLIC_SESSION);
     await again.call('C_Finalize');
     await again.close();
   });

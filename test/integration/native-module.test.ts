@@ -17,8 +17,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { trackChild } from '../helpers/children.js';
 import { REPO_ROOT, startDaemon, type Daemon } from '../helpers/daemon.js';
 import { GUEST_SOFTHSM2_CONF } from '../helpers/guest.js';
+import { CKS_RW_USER_FUNCTIONS } from '../helpers/pkcs11.js';
 import { createPtyPair, type PtyPair } from '../helpers/pty.js';
 import { createToken, SOFTHSM_MODULE, type SoftHsmToken } from '../helpers/softhsm.js';
+import { P256, P256_SPKI_PREFIX } from '../helpers/templates.js';
 
 /** The module under test. */
 const BRIDGE_MODULE = path.join(REPO_ROOT, 'native/build/libp11bridge.so');
@@ -26,8 +28,6 @@ const FIXTURES = path.join(REPO_ROOT, 'test/fixtures/native');
 const PIN = 'Us3r-PIN-4711';
 const SO_PIN = 'S0-PIN-4711';
 const WRONG_PIN = 'wr0ng-PIN-0815';
-/** P-256 public key SPKI prefix (id-ecPublicKey, prime256v1, BIT STRING of 66 bytes). */
-const P256_SPKI_PREFIX = Buffer.from('3059301306072a8648ce3d020106082a8648ce3d030107034200', 'hex');
 
 // ---------------------------------------------------------------------------
 // child processes
@@ -256,7 +256,7 @@ describe('pkcs11-tool through libp11bridge.so', () => {
     expect(r.code, why(r, m)).toBe(0);
     expect(r.stdout, why(r, m)).toContain('Key pair generated:');
     expect(r.stdout, why(r, m)).toMatch(/Public Key Object; EC\s+EC_POINT 256 bits/);
-    expect(r.stdout, why(r, m)).toMatch(/EC_PARAMS:\s+06082a8648ce3d030107/);
+    expect(r.stdout, why(r, m)).toMatch(new RegExp(`EC_PARAMS:\\s+${P256.toString('hex')}`));
     expect(r.stdout, why(r, m)).toMatch(/label:\s+ec1/);
   });
 
@@ -592,6 +592,7 @@ describe('graphene-pk11 loading libp11bridge.so in a child process', () => {
     await b?.cleanup();
   });
 
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- the fixture's JSON summary, checked field by field
   function parseSummary(r: RunResult): any {
     const line = r.stdout.trim().split('\n').pop() ?? '';
     try {
@@ -627,7 +628,7 @@ describe('graphene-pk11 loading libp11bridge.so in a child process', () => {
     expect(sum.module.libraryDescription.trim()).toBe('Implementation of PKCS11');
     expect(sum.module.cryptokiVersion).toEqual({ major: 2, minor: 40 });
     expect(sum.tokenLabels).toContain(b.token.label);
-    expect(sum.sessionStateAfterLogin).toBe(3); // CKS_RW_USER_FUNCTIONS
+    expect(sum.sessionStateAfterLogin).toBe(CKS_RW_USER_FUNCTIONS);
 
     expect(sum.aesValueLen).toBe(32);
     expect(sum.aes).toEqual({ ivLen: 16, ciphertextLen: 48, roundTrip: true, roundTripOnce: true });
@@ -647,7 +648,7 @@ describe('graphene-pk11 loading libp11bridge.so in a child process', () => {
     });
     expect(cryptoVerify('sha256', message, rsaKey, Buffer.from(sum.rsa.signature, 'hex'))).toBe(true);
 
-    expect(sum.ec.params).toBe('06082a8648ce3d030107');
+    expect(sum.ec.params).toBe(P256.toString('hex'));
     expect(sum.ec.digestMatches).toBe(true);
     expect(sum.ec.signatureLen).toBe(64);
     expect(sum.ec.verified).toBe(true);
@@ -762,12 +763,12 @@ describe('pkcs11js loading libp11bridge.so: C_GetInfo, slots, tokens and mechani
 
     expect(br.info, msg).toEqual(d.info);
     expect(br.info.manufacturerID).toBe('SoftHSM');
-    expect(br.slots.map((s: any) => s.tokenInfo.label), msg).toContain(b.token.label);
-    expect(br.slots.map((s: any) => s.slotID), msg).toEqual(d.slots.map((s: any) => s.slotID));
+    expect(br.slots.map((s: { tokenInfo: { label: string } }) => s.tokenInfo.label), msg).toContain(b.token.label);
+    expect(br.slots.map((s: { slotID: string }) => s.slotID), msg).toEqual(d.slots.map((s: { slotID: string }) => s.slotID));
     for (let i = 0; i < d.slots.length; i++) {
       expect(br.slots[i].slotInfo, msg).toEqual(d.slots[i].slotInfo);
       expect(br.slots[i].tokenInfo, msg).toEqual(d.slots[i].tokenInfo);
-      expect(br.slots[i].mechanisms.map((x: any) => x.type), msg).toEqual(d.slots[i].mechanisms.map((x: any) => x.type));
+      expect(br.slots[i].mechanisms.map((x: { type: number }) => x.type), msg).toEqual(d.slots[i].mechanisms.map((x: { type: number }) => x.type));
       expect(br.slots[i].mechanisms, msg).toEqual(d.slots[i].mechanisms);
     }
     expect(br.slots[0].mechanisms.length).toBeGreaterThan(50);
@@ -798,7 +799,7 @@ describe('several guest processes and threads on one port (PROTOCOL.md section 7
     let holderErr = '';
     holder.stderr!.setEncoding('utf8').on('data', (d: string) => (holderErr += d));
     holder.stdin!.on('error', () => {});
-    const lines: any[] = [];
+    const lines: unknown[] = [];
     const exited = new Promise<number | null>((resolve) => holder.once('close', (code) => resolve(code)));
     const ready = new Promise<void>((resolve, reject) => {
       createInterface({ input: holder.stdout! }).on('line', (line) => {

@@ -13,44 +13,15 @@ import { trackChild } from '../helpers/children.js';
 import { CLI_MAIN, REPO_ROOT, startDaemon, type Daemon } from '../helpers/daemon.js';
 import { startGuest, type Guest } from '../helpers/guest.js';
 import { createPtyPair, type PtyPair } from '../helpers/pty.js';
+import {
+  CKA_CLASS, CKA_LABEL, CKA_TOKEN, CKF_SERIAL_SESSION, CKM_AES_CBC_PAD, CKM_AES_GCM, CKM_AES_KEY_GEN, CKM_RSA_PKCS_KEY_PAIR_GEN,
+  CKM_SHA1_RSA_PKCS, CKM_SHA256, CKM_SHA256_RSA_PKCS, CKM_SHA_1, CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKR_BUFFER_TOO_SMALL,
+  CKR_MECHANISM_INVALID, CKR_OK, CKR_SESSION_READ_ONLY, CKR_SLOT_ID_INVALID, CKR_TOKEN_WRITE_PROTECTED, CKU_USER, RW_SESSION,
+} from '../helpers/pkcs11.js';
 import { createToken, type SoftHsmToken } from '../helpers/softhsm.js';
+import { aesKeyGen, dataObject, rsaKeyPair } from '../helpers/templates.js';
 
 const execFileP = promisify(execFile);
-
-// CK_RV values
-const CKR_OK = 0;
-const CKR_SLOT_ID_INVALID = 0x3;
-const CKR_MECHANISM_INVALID = 0x70;
-const CKR_SESSION_READ_ONLY = 0xb5;
-const CKR_TOKEN_WRITE_PROTECTED = 0xe2;
-const CKR_BUFFER_TOO_SMALL = 0x150;
-
-// PKCS#11 constants
-const CKF_SERIAL = 0x4;
-const CKF_RW_SERIAL = 0x6;
-const CKU_USER = 1;
-const CKO_DATA = 0;
-const CKO_PRIVATE_KEY = 3;
-const CKO_PUBLIC_KEY = 2;
-const CKA_CLASS = 0x0;
-const CKA_TOKEN = 0x1;
-const CKA_LABEL = 0x3;
-const CKA_VALUE = 0x11;
-const CKA_ENCRYPT = 0x104;
-const CKA_DECRYPT = 0x105;
-const CKA_SIGN = 0x108;
-const CKA_VERIFY = 0x10a;
-const CKA_MODULUS_BITS = 0x121;
-const CKA_PUBLIC_EXPONENT = 0x122;
-const CKA_VALUE_LEN = 0x161;
-const CKM_RSA_PKCS_KEY_PAIR_GEN = 0x0;
-const CKM_SHA1_RSA_PKCS = 0x6;
-const CKM_SHA256_RSA_PKCS = 0x40;
-const CKM_SHA_1 = 0x220;
-const CKM_SHA256 = 0x250;
-const CKM_AES_KEY_GEN = 0x1080;
-const CKM_AES_CBC_PAD = 0x1085;
-const CKM_AES_GCM = 0x1087;
 
 const SO_PIN = 'so-PIN-4711';
 const PIN = 'Us3r-PIN-0815';
@@ -166,12 +137,9 @@ beforeAll(async () => {
   secondSlot = slots.get('second')!;
   expect(firstSlot).toBeDefined();
   expect(secondSlot).toBeDefined();
-  const s: Handle = await guest.A.call('C_OpenSession', firstSlot, CKF_RW_SERIAL);
+  const s: Handle = await guest.A.call('C_OpenSession', firstSlot, RW_SESSION);
   await guest.A.call('C_Login', s, CKU_USER, PIN);
-  await guest.A.call('C_GenerateKeyPair', s, { mechanism: CKM_RSA_PKCS_KEY_PAIR_GEN },
-    [{ type: CKA_TOKEN, value: true }, { type: CKA_LABEL, value: SIGNER }, { type: CKA_VERIFY, value: true },
-      { type: CKA_MODULUS_BITS, value: 2048 }, { type: CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) }],
-    [{ type: CKA_TOKEN, value: true }, { type: CKA_LABEL, value: SIGNER }, { type: CKA_SIGN, value: true }]);
+  await guest.A.call('C_GenerateKeyPair', s, { mechanism: CKM_RSA_PKCS_KEY_PAIR_GEN }, ...rsaKeyPair({ token: true, label: SIGNER }));
   await guest.A.call('C_CloseSession', s);
 });
 
@@ -208,7 +176,7 @@ describe('token visibility', () => {
     // (the unrestricted port sees both, and SoftHSM2's spare slot with its blank label)
     expect([...(await slotsByLabel(guest.A)).keys()].sort()).toEqual(['', 'first', 'second']);
     // and works on it
-    const s: Handle = await b.call('C_OpenSession', secondSlot, CKF_RW_SERIAL);
+    const s: Handle = await b.call('C_OpenSession', secondSlot, RW_SESSION);
     await b.call('C_Login', s, CKU_USER, PIN);
     expect((await b.call('C_GenerateRandom', s, Buffer.alloc(16))).length).toBe(16);
     await b.call('C_CloseSession', s);
@@ -232,7 +200,7 @@ describe('token visibility', () => {
     expect(await rvOf(b.call('C_GetTokenInfo', firstSlot))).toBe(CKR_SLOT_ID_INVALID);
     expect(await rvOf(b.call('C_GetMechanismList', firstSlot))).toBe(CKR_SLOT_ID_INVALID);
     expect(await rvOf(b.call('C_GetMechanismInfo', firstSlot, CKM_SHA256))).toBe(CKR_SLOT_ID_INVALID);
-    expect(await rvOf(b.call('C_OpenSession', firstSlot, CKF_SERIAL))).toBe(CKR_SLOT_ID_INVALID);
+    expect(await rvOf(b.call('C_OpenSession', firstSlot, CKF_SERIAL_SESSION))).toBe(CKR_SLOT_ID_INVALID);
     expect(await rvOf(b.call('C_CloseAllSessions', firstSlot))).toBe(CKR_SLOT_ID_INVALID);
     // token initialisation is off on this port (no initToken): the same answer for every slot
     expect(await rvOf(b.call('C_InitToken', firstSlot, SO_PIN, 'first'))).toBe(CKR_TOKEN_WRITE_PROTECTED);
@@ -263,18 +231,14 @@ describe('read-only port', () => {
   it('refuses read/write sessions, PIN and token initialisation, and token objects', async () => {
     const c = guest.C;
     expect(await c.call('C_GetSlotList', true)).toEqual([firstSlot]);
-    expect(await rvOf(c.call('C_OpenSession', firstSlot, CKF_RW_SERIAL))).toBe(CKR_TOKEN_WRITE_PROTECTED);
+    expect(await rvOf(c.call('C_OpenSession', firstSlot, RW_SESSION))).toBe(CKR_TOKEN_WRITE_PROTECTED);
     expect(await rvOf(c.call('C_InitToken', firstSlot, SO_PIN, 'first'))).toBe(CKR_TOKEN_WRITE_PROTECTED);
-    const s: Handle = await c.call('C_OpenSession', firstSlot, CKF_SERIAL);
+    const s: Handle = await c.call('C_OpenSession', firstSlot, CKF_SERIAL_SESSION);
     await c.call('C_Login', s, CKU_USER, PIN);
     expect(await rvOf(c.call('C_SetPIN', s, PIN, NEW_PIN))).toBe(CKR_TOKEN_WRITE_PROTECTED);
     expect(await rvOf(c.call('C_InitPIN', s, NEW_PIN))).toBe(CKR_TOKEN_WRITE_PROTECTED);
-    expect(await rvOf(c.call('C_CreateObject', s, [
-      { type: CKA_CLASS, value: CKO_DATA }, { type: CKA_TOKEN, value: true }, { type: CKA_VALUE, value: Buffer.from('x') },
-    ]))).toBe(CKR_TOKEN_WRITE_PROTECTED);
-    expect(await rvOf(c.call('C_GenerateKey', s, { mechanism: CKM_AES_KEY_GEN }, [
-      { type: CKA_TOKEN, value: true }, { type: CKA_VALUE_LEN, value: 32 },
-    ]))).toBe(CKR_TOKEN_WRITE_PROTECTED);
+    expect(await rvOf(c.call('C_CreateObject', s, dataObject({ token: true, value: Buffer.from('x') })))).toBe(CKR_TOKEN_WRITE_PROTECTED);
+    expect(await rvOf(c.call('C_GenerateKey', s, { mechanism: CKM_AES_KEY_GEN }, aesKeyGen({ token: true, uses: [] })))).toBe(CKR_TOKEN_WRITE_PROTECTED);
     const priv = await findOne(c, s, CKO_PRIVATE_KEY, SIGNER);
     expect(await rvOf(c.call('C_CopyObject', s, priv, [{ type: CKA_TOKEN, value: true }]))).toBe(CKR_TOKEN_WRITE_PROTECTED);
     // SoftHSM2 itself refuses changes to token objects in a read-only session.
@@ -283,7 +247,7 @@ describe('read-only port', () => {
     await c.call('C_CloseSession', s);
 
     // Nothing changed: the PIN and the key are as they were.
-    const a: Handle = await guest.A.call('C_OpenSession', firstSlot, CKF_SERIAL);
+    const a: Handle = await guest.A.call('C_OpenSession', firstSlot, CKF_SERIAL_SESSION);
     await guest.A.call('C_Login', a, CKU_USER, PIN);
     await findOne(guest.A, a, CKO_PRIVATE_KEY, SIGNER);
     await guest.A.call('C_CloseSession', a);
@@ -291,7 +255,7 @@ describe('read-only port', () => {
 
   it('signs with an existing key in a read-only session; session objects are allowed', async () => {
     const c = guest.C;
-    const s: Handle = await c.call('C_OpenSession', firstSlot, CKF_SERIAL);
+    const s: Handle = await c.call('C_OpenSession', firstSlot, CKF_SERIAL_SESSION);
     await c.call('C_Login', s, CKU_USER, PIN);
     const priv = await findOne(c, s, CKO_PRIVATE_KEY, SIGNER);
     const pub = await findOne(c, s, CKO_PUBLIC_KEY, SIGNER);
@@ -301,9 +265,7 @@ describe('read-only port', () => {
     expect(sig.length).toBe(256);
     await c.call('C_VerifyInit', s, { mechanism: CKM_SHA256_RSA_PKCS }, pub);
     await c.call('C_Verify', s, data, sig); // throws CKR_SIGNATURE_INVALID otherwise
-    const key: Handle = await c.call('C_GenerateKey', s, { mechanism: CKM_AES_KEY_GEN }, [
-      { type: CKA_TOKEN, value: false }, { type: CKA_VALUE_LEN, value: 16 }, { type: CKA_ENCRYPT, value: true },
-    ]);
+    const key: Handle = await c.call('C_GenerateKey', s, { mechanism: CKM_AES_KEY_GEN }, aesKeyGen({ valueLen: 16, uses: ['encrypt'] }));
     expect(key.length).toBe(8);
     await c.call('C_CloseSession', s);
   });
@@ -326,7 +288,7 @@ describe('mechanism allow-list', () => {
     const d = guest.D;
     expect(await rvOf(d.call('C_GetMechanismInfo', firstSlot, CKM_SHA1_RSA_PKCS))).toBe(CKR_MECHANISM_INVALID);
     expect((await d.call('C_GetMechanismInfo', firstSlot, CKM_SHA256_RSA_PKCS)).maxKeySize).toBeGreaterThanOrEqual(2048);
-    const s: Handle = await d.call('C_OpenSession', firstSlot, CKF_RW_SERIAL);
+    const s: Handle = await d.call('C_OpenSession', firstSlot, RW_SESSION);
     await d.call('C_Login', s, CKU_USER, PIN);
 
     expect(await rvOf(d.call('C_DigestInit', s, { mechanism: CKM_SHA_1 }))).toBe(CKR_MECHANISM_INVALID);
@@ -339,11 +301,8 @@ describe('mechanism allow-list', () => {
     await d.call('C_SignInit', s, { mechanism: CKM_SHA256_RSA_PKCS }, priv);
     expect((await d.call('C_Sign', s, data, Buffer.alloc(256))).length).toBe(256);
 
-    expect(await rvOf(d.call('C_GenerateKeyPair', s, { mechanism: CKM_RSA_PKCS_KEY_PAIR_GEN },
-      [{ type: CKA_MODULUS_BITS, value: 1024 }], [{ type: CKA_SIGN, value: true }]))).toBe(CKR_MECHANISM_INVALID);
-    const aes: Handle = await d.call('C_GenerateKey', s, { mechanism: CKM_AES_KEY_GEN }, [
-      { type: CKA_TOKEN, value: false }, { type: CKA_VALUE_LEN, value: 32 }, { type: CKA_ENCRYPT, value: true }, { type: CKA_DECRYPT, value: true },
-    ]);
+    expect(await rvOf(d.call('C_GenerateKeyPair', s, { mechanism: CKM_RSA_PKCS_KEY_PAIR_GEN }, ...rsaKeyPair({ bits: 1024 })))).toBe(CKR_MECHANISM_INVALID);
+    const aes: Handle = await d.call('C_GenerateKey', s, { mechanism: CKM_AES_KEY_GEN }, aesKeyGen());
     const iv = Buffer.alloc(16, 7);
     expect(await rvOf(d.call('C_EncryptInit', s, { mechanism: CKM_AES_CBC_PAD, parameter: iv }, aes))).toBe(CKR_MECHANISM_INVALID);
     await d.call('C_EncryptInit', s, { mechanism: CKM_AES_GCM, parameter: { iv: iv.subarray(0, 12), ivBits: 96, aad: Buffer.alloc(0), tagBits: 128 } }, aes);

@@ -8,6 +8,7 @@ import { createToken, type SoftHsmToken } from '../helpers/softhsm.js';
 import { createPtyPair, type PtyPair } from '../helpers/pty.js';
 import { startDaemon, type Daemon } from '../helpers/daemon.js';
 import { startGuest } from '../helpers/guest.js';
+import { RW_SESSION } from '../helpers/pkcs11.js';
 
 const CLEAN = 900;
 const KILLED = 100;
@@ -61,7 +62,7 @@ describe('soak: 1,000 app lifecycles, a tenth killed', () => {
         const x = await P.connect({ timeoutMs: 5000 });
         await x.C_Initialize();
         const slot = (await x.C_GetSlotList(true))[0];
-        const s = await x.C_OpenSession(slot, 6);
+        const s = await x.C_OpenSession(slot, ${RW_SESSION});
         await x.C_GenerateRandom(s, Buffer.alloc(16));
         await x.C_Finalize();
         await x.close();
@@ -80,7 +81,7 @@ describe('soak: 1,000 app lifecycles, a tenth killed', () => {
         state.x = await Pkcs11Client.connect({ timeoutMs: 5000 });
         await state.x.C_Initialize();
         const slot = (await state.x.C_GetSlotList(true))[0];
-        state.s = await state.x.C_OpenSession(slot, 6);
+        state.s = await state.x.C_OpenSession(slot, ${RW_SESSION});
         return null;
       `)));
       const runs = batch.map((g) => g.eval('for (;;) await state.x.C_GenerateRandom(state.s, Buffer.alloc(64));').catch(() => 'killed'));

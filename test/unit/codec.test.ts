@@ -6,6 +6,10 @@ import { checkStructure, pack, peekFirstUint, unpack } from '../../src/protocol/
 import { callByName, CALLS, RV } from '../../src/protocol/table.js';
 import { argToWire, attrValueToHost, mechanismToWire, resultFromWire, templateToWire } from '../../src/client/shapes.js';
 import { Pkcs11Client } from '../../src/client/client.js';
+import {
+  CKA_ALLOWED_MECHANISMS, CKA_CLASS, CKA_ENCRYPT, CKA_ID, CKA_LABEL, CKA_START_DATE, CKA_TOKEN, CKA_VALUE, CKA_WRAP_TEMPLATE,
+  CKM_AES_CBC, CKM_AES_CTR, CKM_AES_GCM, CKM_SHA256_HMAC_GENERAL, CKO_SECRET_KEY,
+} from '../helpers/pkcs11.js';
 
 const sign = callByName('C_Sign');
 
@@ -24,7 +28,7 @@ describe('call codec', () => {
     const create = callByName('C_CreateObject');
     const big = Array.from({ length: 1025 }, (_, i) => [i, true]);
     expect(() => encodeCall(create, [1, big])).toThrow('exceeds 1024');
-    expect(() => encodeCall(create, [1, [[0x40000211, [[0x40000211, [[1, true]]]]]]])).toThrow('1 level deep');
+    expect(() => encodeCall(create, [1, [[CKA_WRAP_TEMPLATE, [[CKA_WRAP_TEMPLATE, [[CKA_TOKEN, true]]]]]]])).toThrow('1 level deep');
   });
 
   it('sends results only with CKR_OK or the call\'s partial codes', () => {
@@ -89,7 +93,7 @@ describe('call codec', () => {
     expect(est('C_GetSlotList', [true, true])).toBe(16 + 1024);
     expect(est('C_GetTokenInfo', [1])).toBe(16 + 256);
     expect(est('C_GenerateRandom', [1, 4 << 20])).toBe(limit);
-    expect(est('C_GetAttributeValue', [1, 2, [[3, true], [0x11, true]]])).toBe(16 + 5 + 2 * 266);
+    expect(est('C_GetAttributeValue', [1, 2, [[CKA_LABEL, true], [CKA_VALUE, true]]])).toBe(16 + 5 + 2 * 266);
   });
 
   it('reads the call id and rv without decoding the payload', () => {
@@ -103,27 +107,29 @@ describe('pkcs11js shapes', () => {
     const eight = Buffer.alloc(8);
     eight.writeBigUInt64LE(4n);
     expect(templateToWire([
-      { type: 0x0, value: eight }, // CKA_CLASS as raw host bytes
-      { type: 0x1, value: Buffer.from([1]) }, // CKA_TOKEN as raw CK_BBOOL
-      { type: 0x3, value: 'label' },
-      { type: 0x102, value: Buffer.from([1, 2]) },
-      { type: 0x110, value: new Date(Date.UTC(2026, 0, 2)) },
-      { type: 0x40000600, value: [0x1082] },
-      { type: 0x40000211, value: [{ type: 0x104, value: true }] },
-    ])).toEqual([[0, 4], [1, true], [3, Buffer.from('label')], [0x102, Buffer.from([1, 2])], [0x110, Buffer.from('20260102')], [0x40000600, [0x1082]], [0x40000211, [[0x104, true]]]]);
+      { type: CKA_CLASS, value: eight }, // as raw host bytes
+      { type: CKA_TOKEN, value: Buffer.from([1]) }, // as a raw CK_BBOOL
+      { type: CKA_LABEL, value: 'label' },
+      { type: CKA_ID, value: Buffer.from([1, 2]) },
+      { type: CKA_START_DATE, value: new Date(Date.UTC(2026, 0, 2)) },
+      { type: CKA_ALLOWED_MECHANISMS, value: [CKM_AES_CBC] },
+      { type: CKA_WRAP_TEMPLATE, value: [{ type: CKA_ENCRYPT, value: true }] },
+    ])).toEqual([[CKA_CLASS, CKO_SECRET_KEY], [CKA_TOKEN, true], [CKA_LABEL, Buffer.from('label')], [CKA_ID, Buffer.from([1, 2])],
+      [CKA_START_DATE, Buffer.from('20260102')], [CKA_ALLOWED_MECHANISMS, [CKM_AES_CBC]], [CKA_WRAP_TEMPLATE, [[CKA_ENCRYPT, true]]]]);
   });
 
   it('sends structured mechanism parameters field by field', () => {
-    expect(mechanismToWire({ mechanism: 0x1087, parameter: { type: 0, iv: Buffer.from('iv'), ivBits: 16, aad: undefined, tagBits: 128 } }))
-      .toEqual([0x1087, [Buffer.from('iv'), 16, null, 128]]);
+    expect(mechanismToWire({ mechanism: CKM_AES_GCM, parameter: { type: 0, iv: Buffer.from('iv'), ivBits: 16, aad: undefined, tagBits: 128 } }))
+      .toEqual([CKM_AES_GCM, [Buffer.from('iv'), 16, null, 128]]);
     const ctr = Buffer.alloc(24);
     ctr.writeBigUInt64LE(128n);
     ctr.fill(9, 8);
-    expect(mechanismToWire({ mechanism: 0x1086, parameter: ctr })).toEqual([0x1086, [128, Buffer.alloc(16, 9)]]);
-    expect(mechanismToWire({ mechanism: 0x1082, parameter: Buffer.alloc(16) })).toEqual([0x1082, Buffer.alloc(16)]);
+    expect(mechanismToWire({ mechanism: CKM_AES_CTR, parameter: ctr })).toEqual([CKM_AES_CTR, [128, Buffer.alloc(16, 9)]]);
+    expect(mechanismToWire({ mechanism: CKM_AES_CBC, parameter: Buffer.alloc(16) })).toEqual([CKM_AES_CBC, Buffer.alloc(16)]);
     // CKM_SHA256_HMAC_GENERAL: a CK_ULONG parameter, from host bytes or a number.
-    expect(mechanismToWire({ mechanism: 0x252, parameter: Buffer.from([16, 0, 0, 0, 0, 0, 0, 0]) })).toEqual([0x252, 16]);
-    expect(mechanismToWire({ mechanism: 0x252, parameter: 16 })).toEqual([0x252, 16]);
+    expect(mechanismToWire({ mechanism: CKM_SHA256_HMAC_GENERAL, parameter: Buffer.from([16, 0, 0, 0, 0, 0, 0, 0]) })).toEqual([CKM_SHA256_HMAC_GENERAL, 16]);
+    expect(mechanismToWire({ mechanism: CKM_SHA256_HMAC_GENERAL, parameter: 16 })).toEqual([CKM_SHA256_HMAC_GENERAL, 16]);
+    // (0x9999: no mechanism of the table)
     expect(() => mechanismToWire({ mechanism: 0x9999, parameter: { type: 1, x: 1 } })).toThrow('no parameter structure');
   });
 
@@ -138,7 +144,7 @@ describe('pkcs11js shapes', () => {
     expect(r.buffer).toBe(out.buffer);
     expect(r.toString()).toBe('abc');
     expect(() => resultFromWire('outbytes', Buffer.alloc(9), out)).toThrow('9 bytes for a 8-byte buffer');
-    expect(attrValueToHost(0, 4).value).toEqual(Buffer.from([4, 0, 0, 0, 0, 0, 0, 0]));
+    expect(attrValueToHost(CKA_CLASS, CKO_SECRET_KEY).value).toEqual(Buffer.from([4, 0, 0, 0, 0, 0, 0, 0]));
   });
 
   it('has a client method for every forwarded call in the table', () => {

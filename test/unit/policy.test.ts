@@ -4,22 +4,22 @@
 import { describe, expect, it } from 'vitest';
 import { decodeCall, decodeResult, encodeCall, encodeResult } from '../../src/protocol/codec.js';
 import { pack, unpack } from '../../src/protocol/msgpack.js';
-import { callByName, RV } from '../../src/protocol/table.js';
+import { callByName } from '../../src/protocol/table.js';
 import type { Logger } from '../../src/log.js';
 import type { ExecutorReply } from '../../src/server/executor.js';
 import { makesTokenObject, PolicyEnforcer, type PortPolicy, type TokenId, type TokenProbe } from '../../src/server/policy.js';
-
-const CKR_OK = 0;
-const CKR_SLOT_ID_INVALID = 3;
-const CKR_MECHANISM_INVALID = 0x70;
-const CKR_TOKEN_WRITE_PROTECTED = 0xe2;
-const CKR_BUFFER_TOO_SMALL = 0x150;
-const CKR_NO_EVENT = 8;
+import {
+  CKA_ALLOWED_MECHANISMS, CKA_CLASS, CKA_PRIVATE, CKA_TOKEN, CKA_UNWRAP_TEMPLATE, CKA_VALUE, CKA_VALUE_LEN, CKA_VERIFY, CKD_NULL,
+  CKF_DONT_BLOCK, CKF_SERIAL_SESSION, CKM_AES_CBC, CKM_AES_GCM, CKM_AES_KEY_GEN, CKM_AES_KEY_WRAP, CKM_EC_KEY_PAIR_GEN,
+  CKM_ECDH1_DERIVE, CKM_RSA_PKCS, CKM_RSA_PKCS_KEY_PAIR_GEN, CKM_SHA256, CKM_SHA256_RSA_PKCS, CKO_DATA, CKO_SECRET_KEY,
+  CKR_ARGUMENTS_BAD, CKR_ATTRIBUTE_VALUE_INVALID, CKR_BUFFER_TOO_SMALL, CKR_FUNCTION_NOT_SUPPORTED, CKR_MECHANISM_INVALID,
+  CKR_NO_EVENT, CKR_OK, CKR_SLOT_ID_INVALID, CKR_TOKEN_WRITE_PROTECTED, RW_SESSION,
+} from '../helpers/pkcs11.js';
 
 /** Slots 1 (token "first"), 2 (token "second", serial "s2"), 3 (no token). */
 const TOKENS = new Map<string, TokenId>([['1', { label: 'first', serial: 's1' }], ['2', { label: 'second', serial: 's2' }]]);
 const probe = { lookup: async (slots: readonly unknown[]) => slots.map((s) => TOKENS.get(String(s))) } as unknown as TokenProbe;
-const MECHS = [0x1080, 0x1087, 0x40, 0x250];
+const MECHS = [CKM_AES_KEY_GEN, CKM_AES_GCM, CKM_SHA256_RSA_PKCS, CKM_SHA256];
 
 /** A module instance that answers the calls these tests make, and records what reached it. */
 function fakeModule() {
@@ -99,9 +99,9 @@ describe('token visibility', () => {
   it('answers CKR_SLOT_ID_INVALID for every call on a slot not granted, and logs it without values', async () => {
     const { call, seen, records } = setup(policy);
     for (const [name, args] of [
-      ['C_GetSlotInfo', [1]], ['C_GetTokenInfo', [1]], ['C_GetMechanismList', [1, null]], ['C_GetMechanismInfo', [1, 0x1080]],
-      ['C_InitToken', [1, Buffer.from('pin'), Buffer.alloc(32, 0x20)]], ['C_OpenSession', [1, 4]], ['C_CloseAllSessions', [1]],
-      ['C_GetTokenInfo', [3]], ['C_OpenSession', [99, 4]],
+      ['C_GetSlotInfo', [1]], ['C_GetTokenInfo', [1]], ['C_GetMechanismList', [1, null]], ['C_GetMechanismInfo', [1, CKM_AES_KEY_GEN]],
+      ['C_InitToken', [1, Buffer.from('pin'), Buffer.alloc(32, 0x20)]], ['C_OpenSession', [1, CKF_SERIAL_SESSION]], ['C_CloseAllSessions', [1]],
+      ['C_GetTokenInfo', [3]], ['C_OpenSession', [99, CKF_SERIAL_SESSION]],
     ] as const) {
       expect(await call(name, [...args]), name).toEqual({ rv: CKR_SLOT_ID_INVALID, results: undefined });
     }
@@ -117,43 +117,44 @@ describe('token visibility', () => {
   });
 
   it('hides slot events of tokens not granted', async () => {
-    expect(await setup({ tokens: [{ label: 'first' }] }).call('C_WaitForSlotEvent', [1])).toEqual({ rv: CKR_NO_EVENT, results: undefined });
-    expect(await setup(policy).call('C_WaitForSlotEvent', [1])).toEqual({ rv: CKR_OK, results: [2] });
+    expect(await setup({ tokens: [{ label: 'first' }] }).call('C_WaitForSlotEvent', [CKF_DONT_BLOCK])).toEqual({ rv: CKR_NO_EVENT, results: undefined });
+    expect(await setup(policy).call('C_WaitForSlotEvent', [CKF_DONT_BLOCK])).toEqual({ rv: CKR_OK, results: [2] });
   });
 });
 
 describe('mechanism allow-list', () => {
-  const policy = { mechanisms: new Set([0x1087n, 0x40n, 0x9999n]) };
+  // (0x9999: a mechanism the module does not have)
+  const policy = { mechanisms: new Set([BigInt(CKM_AES_GCM), BigInt(CKM_SHA256_RSA_PKCS), 0x9999n]) };
 
   it('filters the mechanism list, keeping count-query and capacity semantics', async () => {
     const { call } = setup(policy);
-    expect(await call('C_GetMechanismList', [1, true])).toEqual({ rv: CKR_OK, results: [[0x1087, 0x40]] });
+    expect(await call('C_GetMechanismList', [1, true])).toEqual({ rv: CKR_OK, results: [[CKM_AES_GCM, CKM_SHA256_RSA_PKCS]] });
     expect(await call('C_GetMechanismList', [1, null])).toEqual({ rv: CKR_OK, results: [2] });
-    expect(await call('C_GetMechanismList', [1, 2])).toEqual({ rv: CKR_OK, results: [[0x1087, 0x40]] });
+    expect(await call('C_GetMechanismList', [1, 2])).toEqual({ rv: CKR_OK, results: [[CKM_AES_GCM, CKM_SHA256_RSA_PKCS]] });
     expect(await call('C_GetMechanismList', [1, 1])).toEqual({ rv: CKR_BUFFER_TOO_SMALL, results: [2] });
   });
 
   it('refuses denied mechanisms with CKR_MECHANISM_INVALID, lets allowed ones through', async () => {
     const { call, seen } = setup(policy);
-    expect(await call('C_GetMechanismInfo', [1, 0x1080])).toEqual({ rv: CKR_MECHANISM_INVALID, results: undefined });
+    expect(await call('C_GetMechanismInfo', [1, CKM_AES_KEY_GEN])).toEqual({ rv: CKR_MECHANISM_INVALID, results: undefined });
     for (const name of ['C_EncryptInit', 'C_DecryptInit', 'C_SignInit', 'C_VerifyInit', 'C_SignRecoverInit', 'C_VerifyRecoverInit']) {
-      expect(await call(name, [5, [0x1082, Buffer.alloc(16)], 6]), name).toEqual({ rv: CKR_MECHANISM_INVALID, results: undefined });
+      expect(await call(name, [5, [CKM_AES_CBC, Buffer.alloc(16)], 6]), name).toEqual({ rv: CKR_MECHANISM_INVALID, results: undefined });
     }
-    expect((await call('C_DigestInit', [5, [0x250]])).rv).toBe(CKR_MECHANISM_INVALID);
-    expect((await call('C_GenerateKey', [5, [0x1080], []])).rv).toBe(CKR_MECHANISM_INVALID);
-    expect((await call('C_GenerateKeyPair', [5, [0x0], [], []])).rv).toBe(CKR_MECHANISM_INVALID);
-    expect((await call('C_WrapKey', [5, [0x2109], 6, 7, null])).rv).toBe(CKR_MECHANISM_INVALID);
-    expect((await call('C_UnwrapKey', [5, [0x2109], 6, Buffer.alloc(24), []])).rv).toBe(CKR_MECHANISM_INVALID);
-    expect((await call('C_DeriveKey', [5, [0x1050, [1, null, Buffer.alloc(65)]], 6, []])).rv).toBe(CKR_MECHANISM_INVALID);
+    expect((await call('C_DigestInit', [5, [CKM_SHA256]])).rv).toBe(CKR_MECHANISM_INVALID);
+    expect((await call('C_GenerateKey', [5, [CKM_AES_KEY_GEN], []])).rv).toBe(CKR_MECHANISM_INVALID);
+    expect((await call('C_GenerateKeyPair', [5, [CKM_RSA_PKCS_KEY_PAIR_GEN], [], []])).rv).toBe(CKR_MECHANISM_INVALID);
+    expect((await call('C_WrapKey', [5, [CKM_AES_KEY_WRAP], 6, 7, null])).rv).toBe(CKR_MECHANISM_INVALID);
+    expect((await call('C_UnwrapKey', [5, [CKM_AES_KEY_WRAP], 6, Buffer.alloc(24), []])).rv).toBe(CKR_MECHANISM_INVALID);
+    expect((await call('C_DeriveKey', [5, [CKM_ECDH1_DERIVE, [CKD_NULL, null, Buffer.alloc(65)]], 6, []])).rv).toBe(CKR_MECHANISM_INVALID);
     expect(seen).toEqual([]);
-    expect((await call('C_SignInit', [5, [0x40], 6])).rv).toBe(CKR_OK);
-    expect((await call('C_GetMechanismInfo', [1, 0x1087])).rv).toBe(CKR_OK);
+    expect((await call('C_SignInit', [5, [CKM_SHA256_RSA_PKCS], 6])).rv).toBe(CKR_OK);
+    expect((await call('C_GetMechanismInfo', [1, CKM_AES_GCM])).rv).toBe(CKR_OK);
     expect(seen.map((c) => c.name)).toEqual(['C_SignInit', 'C_GetMechanismInfo']);
   });
 
   it('a denied slot wins over a denied mechanism', async () => {
     const { call } = setup({ ...policy, tokens: [{ label: 'second' }] });
-    expect((await call('C_GetMechanismInfo', [1, 0x1080])).rv).toBe(CKR_SLOT_ID_INVALID);
+    expect((await call('C_GetMechanismInfo', [1, CKM_AES_KEY_GEN])).rv).toBe(CKR_SLOT_ID_INVALID);
     expect(await call('C_GetMechanismList', [2, null])).toEqual({ rv: CKR_OK, results: [2] });
   });
 });
@@ -167,15 +168,15 @@ describe('read-only ports', () => {
     expect(await call('C_InitToken', [1, Buffer.from('so'), Buffer.alloc(32, 0x20)])).toEqual(wp);
     expect(await call('C_InitPIN', [5, Buffer.from('pin')])).toEqual(wp);
     expect(await call('C_SetPIN', [5, Buffer.from('old'), Buffer.from('new')])).toEqual(wp);
-    expect(await call('C_OpenSession', [1, 6])).toEqual(wp);
-    expect(await call('C_CreateObject', [5, [[0, 0], [1, true]]])).toEqual(wp);
-    expect(await call('C_CopyObject', [5, 6, [[1, true]]])).toEqual(wp);
-    expect(await call('C_GenerateKey', [5, [0x1080], [[0x161, 32], [1, true]]])).toEqual(wp);
-    expect(await call('C_GenerateKeyPair', [5, [0x1040], [[1, false]], [[1, true]]])).toEqual(wp);
-    expect(await call('C_UnwrapKey', [5, [0x2109], 6, Buffer.alloc(24), [[1, true]]])).toEqual(wp);
-    expect(await call('C_DeriveKey', [5, [0x1050], 6, [[1, true]]])).toEqual(wp);
+    expect(await call('C_OpenSession', [1, RW_SESSION])).toEqual(wp);
+    expect(await call('C_CreateObject', [5, [[CKA_CLASS, CKO_DATA], [CKA_TOKEN, true]]])).toEqual(wp);
+    expect(await call('C_CopyObject', [5, 6, [[CKA_TOKEN, true]]])).toEqual(wp);
+    expect(await call('C_GenerateKey', [5, [CKM_AES_KEY_GEN], [[CKA_VALUE_LEN, 32], [CKA_TOKEN, true]]])).toEqual(wp);
+    expect(await call('C_GenerateKeyPair', [5, [CKM_EC_KEY_PAIR_GEN], [[CKA_TOKEN, false]], [[CKA_TOKEN, true]]])).toEqual(wp);
+    expect(await call('C_UnwrapKey', [5, [CKM_AES_KEY_WRAP], 6, Buffer.alloc(24), [[CKA_TOKEN, true]]])).toEqual(wp);
+    expect(await call('C_DeriveKey', [5, [CKM_ECDH1_DERIVE], 6, [[CKA_TOKEN, true]]])).toEqual(wp);
     // A template nested in the new object's template (an unwrap template) counts too.
-    expect(await call('C_GenerateKey', [5, [0x1080], [[0x40000212, [[1, true]]]]])).toEqual(wp);
+    expect(await call('C_GenerateKey', [5, [CKM_AES_KEY_GEN], [[CKA_UNWRAP_TEMPLATE, [[CKA_TOKEN, true]]]]])).toEqual(wp);
     expect(seen).toEqual([]);
     expect(records.filter((r) => r.level === 'warn').map((r) => r.obj.reason)).toEqual([
       'read-only port: C_InitToken changes the token', 'read-only port: C_InitPIN changes the token', 'read-only port: C_SetPIN changes the token',
@@ -185,27 +186,27 @@ describe('read-only ports', () => {
 
   it('lets reading, RO sessions, session objects and searches for token objects through', async () => {
     const { call, seen } = setup(policy);
-    expect((await call('C_OpenSession', [1, 4])).rv).toBe(CKR_OK);
-    expect((await call('C_GenerateKey', [5, [0x1080], [[1, false], [0x161, 32]]])).rv).toBe(CKR_OK);
-    expect((await call('C_CreateObject', [5, [[0, 0], [0x11, Buffer.from('x')]]])).rv).toBe(CKR_OK);
-    expect((await call('C_GenerateKeyPair', [5, [0x1040], [[0x10a, true]], [[1, false]]])).rv).toBe(CKR_OK);
-    expect((await call('C_FindObjectsInit', [5, [[1, true]]])).rv).toBe(CKR_OK);
-    expect((await call('C_SignInit', [5, [0x40], 6])).rv).toBe(CKR_OK);
+    expect((await call('C_OpenSession', [1, CKF_SERIAL_SESSION])).rv).toBe(CKR_OK);
+    expect((await call('C_GenerateKey', [5, [CKM_AES_KEY_GEN], [[CKA_TOKEN, false], [CKA_VALUE_LEN, 32]]])).rv).toBe(CKR_OK);
+    expect((await call('C_CreateObject', [5, [[CKA_CLASS, CKO_DATA], [CKA_VALUE, Buffer.from('x')]]])).rv).toBe(CKR_OK);
+    expect((await call('C_GenerateKeyPair', [5, [CKM_EC_KEY_PAIR_GEN], [[CKA_VERIFY, true]], [[CKA_TOKEN, false]]])).rv).toBe(CKR_OK);
+    expect((await call('C_FindObjectsInit', [5, [[CKA_TOKEN, true]]])).rv).toBe(CKR_OK);
+    expect((await call('C_SignInit', [5, [CKM_SHA256_RSA_PKCS], 6])).rv).toBe(CKR_OK);
     expect(seen.map((c) => c.name)).toEqual(['C_OpenSession', 'C_GenerateKey', 'C_CreateObject', 'C_GenerateKeyPair', 'C_FindObjectsInit', 'C_SignInit']);
   });
 
   it('CKA_TOKEN in any encoding but a boolean is refused before the policy and the module: CKR_ATTRIBUTE_VALUE_INVALID', async () => {
     const { call, seen } = setup(policy);
-    const invalid = { rv: RV.CKR_ATTRIBUTE_VALUE_INVALID, results: undefined };
-    for (const value of [1, 1n, 0xffffffffffffffffn, Buffer.from([1]), Buffer.from([0, 1]), [1], [[1, true]]]) {
-      expect(await call('C_CreateObject', [5, [[0, 4], [1, value]]])).toEqual(invalid);
-      expect(await call('C_GenerateKey', [5, [0x1080], [[0x40000212, [[1, value]]]]])).toEqual(invalid);
+    const invalid = { rv: CKR_ATTRIBUTE_VALUE_INVALID, results: undefined };
+    for (const value of [1, 1n, 0xffffffffffffffffn, Buffer.from([1]), Buffer.from([0, 1]), [1], [[CKA_TOKEN, true]]]) {
+      expect(await call('C_CreateObject', [5, [[CKA_CLASS, CKO_SECRET_KEY], [CKA_TOKEN, value]]])).toEqual(invalid);
+      expect(await call('C_GenerateKey', [5, [CKM_AES_KEY_GEN], [[CKA_UNWRAP_TEMPLATE, [[CKA_TOKEN, value]]]]])).toEqual(invalid);
     }
     expect(seen).toEqual([]);
-    expect(makesTokenObject([[1, true]])).toBe(true);
-    expect(makesTokenObject([[0x40000212, [[1, true]]]])).toBe(true);
-    expect(makesTokenObject([[1, false], [1, null], [0x2, true]])).toBe(false);
-    expect(makesTokenObject([[0x40000600, [0x1080, 1]]])).toBe(false); // a CK_ULONG array value
+    expect(makesTokenObject([[CKA_TOKEN, true]])).toBe(true);
+    expect(makesTokenObject([[CKA_UNWRAP_TEMPLATE, [[CKA_TOKEN, true]]]])).toBe(true);
+    expect(makesTokenObject([[CKA_TOKEN, false], [CKA_TOKEN, null], [CKA_PRIVATE, true]])).toBe(false);
+    expect(makesTokenObject([[CKA_ALLOWED_MECHANISMS, [CKM_AES_KEY_GEN, CKM_RSA_PKCS]]])).toBe(false); // a CK_ULONG array value
   });
 });
 
@@ -216,7 +217,7 @@ describe('token initialisation', () => {
     expect(seen).toEqual([]);
     expect(records.map((r) => r.obj.reason)).toEqual(['token initialisation is off on this port (initToken)']);
     // Everything else of an otherwise unrestricted port passes untouched.
-    expect((await call('C_OpenSession', [1, 6])).rv).toBe(CKR_OK);
+    expect((await call('C_OpenSession', [1, RW_SESSION])).rv).toBe(CKR_OK);
     expect(seen.map((c) => c.name)).toEqual(['C_OpenSession']);
   });
 });
@@ -225,14 +226,14 @@ describe('payloads the policy cannot read', () => {
   it('are refused, never passed on', async () => {
     const { gate, seen, execute } = setup({ readOnly: true });
     const ctx = { conn: 9, req: 1 };
-    expect(await gate.run(pack([callByName('C_OpenSession').id, 1]), execute, ctx)).toMatchObject({ ok: false, rv: RV.CKR_ARGUMENTS_BAD });
-    expect(await gate.run(pack([250, 1]), execute, ctx)).toMatchObject({ ok: false, rv: RV.CKR_FUNCTION_NOT_SUPPORTED });
-    expect(await gate.run(Buffer.from([0xc1]), execute, ctx)).toMatchObject({ ok: false, rv: RV.CKR_ARGUMENTS_BAD });
+    expect(await gate.run(pack([callByName('C_OpenSession').id, 1]), execute, ctx)).toMatchObject({ ok: false, rv: CKR_ARGUMENTS_BAD });
+    expect(await gate.run(pack([250, 1]), execute, ctx)).toMatchObject({ ok: false, rv: CKR_FUNCTION_NOT_SUPPORTED });
+    expect(await gate.run(Buffer.from([0xc1]), execute, ctx)).toMatchObject({ ok: false, rv: CKR_ARGUMENTS_BAD });
     expect(seen).toEqual([]);
   });
 
   it('calls the policy does not concern pass through as they came', async () => {
-    const { gate, execute } = setup({ readOnly: true, tokens: [{ label: 'first' }], mechanisms: new Set([1n]) });
+    const { gate, execute } = setup({ readOnly: true, tokens: [{ label: 'first' }], mechanisms: new Set([BigInt(CKM_RSA_PKCS)]) });
     let got: Uint8Array | undefined;
     const payload = encodeCall(callByName('C_GetSessionInfo'), [5]);
     const reply = await gate.run(payload, (p) => ((got = p), execute(p)), { conn: 9, req: 1 });

@@ -1,96 +1,109 @@
-/* transport.c: the serial port (see transport.h). */
+/* transport.c: framed round trips on a link (see transport.h). The link
+ * (link_tty.c, link_unix.c) moves bytes; here are the framing, the device
+ * lock's place in a round trip, the retries and the timeouts, once. */
 #define _GNU_SOURCE
 #include "transport.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
-#include <termios.h>
 #include <time.h>
-#include <unistd.h>
 
-static int open_dev(const char *path, char *msg, size_t msglen) {
-  int fd = open(path, O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) snprintf(msg, msglen, "cannot open serial port %s: %s", path, strerror(errno));
-  return fd;
+long long pb_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
+
+void pb_sleep_us(long us) {
+  struct timespec ts = {us / 1000000, (us % 1000000) * 1000L};
+  nanosleep(&ts, NULL);
+}
+
+/* ------------------------------------------------------------------ links */
+
+int pb_link_init(pb_link *l, const char *address, unsigned timeout_ms, char *msg, size_t msglen) {
+  memset(l, 0, sizeof *l);
+  l->fd = -1;
+  l->timeout_ms = timeout_ms;
+  l->address = strdup(address);
+  if (!l->address) {
+    snprintf(msg, msglen, "out of memory");
+    return -1;
+  }
+  if (!strncmp(address, "unix:", 5)) {
+    l->path = l->address + 5;
+    if (l->path[0] != '/') {
+      snprintf(msg, msglen, "unix socket address %s: expected unix:/absolute/path", address);
+      pb_link_free(l);
+      return -1;
+    }
+    l->ops = &pb_link_unix_ops;
+  } else {
+    l->path = l->address;
+    l->ops = &pb_link_tty_ops;
+  }
+  return 0;
+}
+
+void pb_link_free(pb_link *l) {
+  free(l->address);
+  l->address = NULL;
+  l->path = NULL;
+}
+
+int pb_link_fd_wait(pb_link *l, int want_write, int timeout_ms, char *msg, size_t msglen) {
+  struct pollfd pfd = {l->fd, (short)(POLLIN | (want_write ? POLLOUT : 0)), 0};
+  int r = poll(&pfd, 1, timeout_ms);
+  if (r < 0) {
+    if (errno == EINTR) return 0;
+    snprintf(msg, msglen, "poll: %s", strerror(errno));
+    return -1;
+  }
+  if (r == 0) return 0;
+  if (pfd.revents & POLLNVAL) {
+    snprintf(msg, msglen, "%s descriptor is not open", l->ops->kind);
+    return -1;
+  }
+  /* a hang-up or an error is for read() to report (or wait out) */
+  return ((pfd.revents & (POLLIN | POLLHUP | POLLERR)) ? PB_LINK_IN : 0) | ((pfd.revents & POLLOUT) ? PB_LINK_OUT : 0);
+}
+
+/* ------------------------------------------------------------------ the port */
 
 int pb_port_open(pb_port *p, const char *path, unsigned timeout_ms, size_t max_payload,
                  char *msg, size_t msglen) {
   memset(p, 0, sizeof *p);
-  p->fd = -1;
+  p->link.fd = -1;
   p->timeout_ms = timeout_ms;
   p->retries = PB_DEFAULT_RETRIES;
   p->baud = PB_DEFAULT_BAUD;
   p->attempt_ms = PB_ATTEMPT_BASE_MS;
-  p->path = strdup(path);
-  if (!p->path) {
-    snprintf(msg, msglen, "out of memory");
-    return -1;
-  }
-  p->fd = open_dev(path, msg, msglen);
-  if (p->fd < 0) {
-    free(p->path);
-    p->path = NULL;
+  if (pb_link_init(&p->link, path, timeout_ms, msg, msglen) != 0) return -1;
+  if (p->link.ops->open(&p->link, msg, msglen) != 0) {
+    pb_link_free(&p->link);
     return -1;
   }
   pb_deframer_init(&p->df, max_payload);
   return 0;
 }
 
-/* Raw 8N1, no flow control, then flush: only while holding the lock, since
- * flushing could destroy another process's round trip. */
-static int configure(pb_port *p, char *msg, size_t msglen) {
-  struct termios t;
-  if (tcgetattr(p->fd, &t) == 0) {
-    cfmakeraw(&t);
-    t.c_cflag |= CLOCAL | CREAD;
-    t.c_cflag &= ~(CSTOPB | PARENB | CRTSCTS | HUPCL);
-    t.c_cflag = (t.c_cflag & ~CSIZE) | CS8;
-    t.c_iflag &= ~(IXON | IXOFF | IXANY);
-    t.c_cc[VMIN] = 1;
-    t.c_cc[VTIME] = 0;
-    cfsetispeed(&t, B115200);
-    cfsetospeed(&t, B115200);
-    if (tcsetattr(p->fd, TCSANOW, &t) != 0) {
-      snprintf(msg, msglen, "cannot configure serial port %s: %s", p->path, strerror(errno));
-      return -1;
-    }
-  } else if (errno != ENOTTY) {
-    snprintf(msg, msglen, "cannot configure serial port %s: %s", p->path, strerror(errno));
-    return -1;
-  }
-  /* bytes a cooked tty buffered before it was raw, or left by a process
-   * that died mid-call, are stale noise */
-  tcflush(p->fd, TCIOFLUSH);
-  p->configured = 1;
-  return 0;
-}
-
 void pb_port_close(pb_port *p) {
-  if (p->fd >= 0) close(p->fd);
-  p->fd = -1;
+  if (p->link.ops && p->link.fd >= 0) p->link.ops->close(&p->link);
+  p->link.fd = -1;
   p->configured = 0;
-  free(p->path);
-  p->path = NULL;
+  pb_link_free(&p->link);
   pb_deframer_free(&p->df);
 }
 
 void pb_port_abandon(pb_port *p) {
-  /* Our copy of the parent's descriptor shares its open file description
-   * and so its flock: closing the copy never releases the parent's lock
-   * (only LOCK_UN or the last close would), and we never unlock it. */
+  /* Our copy of the parent's descriptor shares its open file description:
+   * closing the copy never releases the parent's flock (only LOCK_UN or the
+   * last close would) nor ends its socket connection (only the last close or
+   * a shutdown would), and we never unlock or shut down. */
   pb_port_close(p);
-}
-
-static long long now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 unsigned long pb_port_tx_ms(const pb_port *p, size_t n) {
@@ -147,28 +160,6 @@ static void on_frame(const pb_frame *f, void *ctx) {
   w->got = 1;
 }
 
-static void sleep_us(long us) {
-  struct timespec ts = {us / 1000000, (us % 1000000) * 1000L};
-  nanosleep(&ts, NULL);
-}
-
-/* flock(LOCK_EX), polling (0.25 ms doubling to 16 ms) until deadline. */
-static int lock_dev(pb_port *p, long long deadline, char *msg, size_t msglen) {
-  for (long wait = 250;; wait = wait < 16000 ? wait * 2 : 16000) {
-    if (flock(p->fd, LOCK_EX | LOCK_NB) == 0) return 0;
-    if (errno == EINTR) continue;
-    if (errno != EWOULDBLOCK) {
-      snprintf(msg, msglen, "cannot lock %s: %s", p->path, strerror(errno));
-      return -1;
-    }
-    if (now_ms() >= deadline) {
-      snprintf(msg, msglen, "%s stayed locked by another process for %u ms", p->path, p->timeout_ms);
-      return -1;
-    }
-    sleep_us(wait);
-  }
-}
-
 static int exchange(pb_port *p, const unsigned char *frame, size_t framelen, size_t resplen,
                     waiter *w, char *msg, size_t msglen);
 
@@ -176,16 +167,27 @@ int pb_port_roundtrip(pb_port *p, const unsigned char *frame, size_t framelen, s
                       int any_conn, uint32_t conn, uint32_t req, pb_response *resp, char *msg,
                       size_t msglen) {
   waiter w = {any_conn, conn, req, 0, 0, 0, resp, 0};
+  pb_link *l = &p->link;
+  const pb_link_ops *ops = l->ops;
   p->stats.roundtrips++;
-  if (p->fd < 0) { /* closed after a timeout */
-    p->fd = open_dev(p->path, msg, msglen);
-    if (p->fd < 0) return -1;
+  /* a setting the link cannot honour is a configuration error: before any I/O */
+  if (!p->configured && ops->check && ops->check(l, p->baud, msg, msglen) != 0) return -1;
+  if (l->fd < 0) { /* closed after a failed round trip */
+    if (ops->open(l, msg, msglen) != 0) return -1;
     p->configured = 0;
   }
-  if (lock_dev(p, now_ms() + p->timeout_ms, msg, msglen) != 0) return -1;
-  if (!p->configured && configure(p, msg, msglen) != 0) {
-    flock(p->fd, LOCK_UN);
-    return -1;
+  if (ops->lock(l, pb_now_ms() + p->timeout_ms, msg, msglen) != 0) return -1;
+  if (!p->configured) {
+    /* set up (which may flush) only while holding the lock: flushing could
+     * destroy another process's round trip */
+    if (ops->setup(l, p->baud, msg, msglen) != 0) {
+      ops->unlock(l);
+      return -1;
+    }
+    /* bytes a cooked tty buffered before it was raw, or left by a process
+     * that died mid-call, are stale noise */
+    ops->discard(l);
+    p->configured = 1;
   }
   /* whatever piece was cut off at our last unlock belongs to nobody now */
   p->df.len = 0;
@@ -194,7 +196,7 @@ int pb_port_roundtrip(pb_port *p, const unsigned char *frame, size_t framelen, s
   int r = exchange(p, frame, framelen, resplen, &w, msg, msglen);
   p->stats.dropped_pieces += p->df.dropped - dropped;
   if (r == 0) {
-    flock(p->fd, LOCK_UN);
+    ops->unlock(l);
     return 0;
   }
   p->stats.failures++;
@@ -202,22 +204,23 @@ int pb_port_roundtrip(pb_port *p, const unsigned char *frame, size_t framelen, s
     free(resp->payload);
     resp->payload = NULL;
   }
-  /* Gave up: the device is closed, so nothing of ours can read the next
+  /* Gave up: the link is closed, so nothing of ours can read the next
    * holder's bytes, and the partial input is dropped (the next round trip
-   * reopens the device, flushes its queues and starts a fresh piece: the
+   * reopens the link, flushes its queues and starts a fresh piece: the
    * stream is re-synchronised). No read of ours is pending here (all I/O is synchronous),
    * so unlocking first is equivalent to PROTOCOL.md's close-then-release, and
    * releases the lock even when a forked child still holds a copy of the
    * descriptor (the close alone would not). */
-  flock(p->fd, LOCK_UN);
-  close(p->fd);
-  p->fd = -1;
+  ops->unlock(l);
+  ops->close(l);
   p->configured = 0;
   return -1;
 }
 
 static int exchange(pb_port *p, const unsigned char *frame, size_t framelen, size_t resplen,
                     waiter *w, char *msg, size_t msglen) {
+  pb_link *l = &p->link;
+  const pb_link_ops *ops = l->ops;
   size_t off = 0;
   unsigned attempt = 1, resends = 0;
   const unsigned max_attempts = p->retries + 1;
@@ -228,7 +231,7 @@ static int exchange(pb_port *p, const unsigned char *frame, size_t framelen, siz
   const unsigned long overall_ms = p->timeout_ms + line_ms;
   const unsigned long base = attempt_ms < overall_ms ? attempt_ms : overall_ms;
   unsigned long cur = base; /* this attempt's silence timeout */
-  long long now = now_ms();
+  long long now = pb_now_ms();
   long long overall = now + (long long)overall_ms;
   long long attempt_deadline = now + (long long)cur;
   unsigned char buf[16384];
@@ -243,7 +246,7 @@ static int exchange(pb_port *p, const unsigned char *frame, size_t framelen, siz
       return -1;
     }
     if (w->got) return 0;
-    now = now_ms();
+    now = pb_now_ms();
     if (w->busy) { /* the call is still running: restart the silence timers */
       w->busy = 0;
       p->stats.busy++;
@@ -273,52 +276,27 @@ static int exchange(pb_port *p, const unsigned char *frame, size_t framelen, siz
       continue;
     }
     long long left = (overall < attempt_deadline ? overall : attempt_deadline) - now;
-    struct pollfd pfd = {p->fd, POLLIN | (off < framelen ? POLLOUT : 0), 0};
-    int r = poll(&pfd, 1, left > 1000 ? 1000 : (int)left);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      snprintf(msg, msglen, "poll: %s", strerror(errno));
-      return -1;
-    }
-    if (r == 0) continue;
-    if (pfd.revents & POLLNVAL) {
-      snprintf(msg, msglen, "serial port descriptor is not open");
-      return -1;
-    }
-    if (pfd.revents & (POLLIN | POLLHUP | POLLERR)) {
-      ssize_t n = read(p->fd, buf, sizeof buf);
+    int ev = ops->wait(l, off < framelen, left > 1000 ? 1000 : (int)left, msg, msglen);
+    if (ev < 0) return -1;
+    if (ev == 0) continue;
+    if (ev & PB_LINK_IN) {
+      long n = ops->read(l, buf, sizeof buf, msg, msglen);
+      if (n < 0) return -1;
       if (n > 0) {
         if (pb_deframer_push(&p->df, buf, (size_t)n, on_frame, w) != 0) w->nomem = 1;
         /* bytes are arriving (perhaps a long answer): not silence */
-        attempt_deadline = now_ms() + (long long)cur;
+        attempt_deadline = pb_now_ms() + (long long)cur;
         continue;
       }
-      if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-        /* nothing after all */
-      } else if (n < 0 && errno == EIO) {
-        /* a pty whose other side is closed: wait for it to come back (or time out) */
-        struct timespec ts = {0, 50 * 1000000L};
-        nanosleep(&ts, NULL);
-      } else if (n == 0 || n < 0) {
-        snprintf(msg, msglen, "read from serial port: %s", n == 0 ? "end of file" : strerror(errno));
-        return -1;
-      }
     }
-    if (off < framelen && (pfd.revents & POLLOUT)) {
-      ssize_t n = write(p->fd, frame + off, framelen - off);
+    if (off < framelen && (ev & PB_LINK_OUT)) {
+      long n = ops->write(l, frame + off, framelen - off, msg, msglen);
+      if (n < 0) return -1;
       if (n > 0) {
         off += (size_t)n;
-        long long t = now_ms();
+        long long t = pb_now_ms();
         attempt_deadline = t + (long long)cur; /* progress: the silence starts after the request */
         if (attempt == 1) overall = t + (long long)overall_ms;
-      } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
-        if (errno == EIO) {
-          struct timespec ts = {0, 50 * 1000000L};
-          nanosleep(&ts, NULL);
-        } else {
-          snprintf(msg, msglen, "write to serial port: %s", strerror(errno));
-          return -1;
-        }
       }
     }
   }
