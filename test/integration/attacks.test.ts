@@ -522,8 +522,9 @@ describe('8. smaller holes, on a daemon of their own', () => {
   beforeAll(async () => {
     p = await createPtyPair();
     cleanups.push(() => p.kill());
-    // few file descriptors (about 20 executors' worth: EMFILE comes before the
-    // connection limit), a small payload limit, and an executor that talks on stderr
+    // few file descriptors (about 40 executors' worth, 3 each: EMFILE comes
+    // before the connection limit; 100 was too few for Node to load its
+    // modules, which it opens in parallel, on a cold disk cache), a small payload limit, and an executor that talks on stderr
     const dir = mkdtempSync(path.join(os.tmpdir(), 'p11b-attacks-'));
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
     const config = path.join(dir, 'config.json');
@@ -531,7 +532,7 @@ describe('8. smaller holes, on a daemon of their own', () => {
     d = await startDaemon({
       module: token.module, ports: [p.serverPath], env: { ...token.env, P11BRIDGE_DEBUG: '1' },
       args: ['--config', config, '--max-payload', '4096', '--log-level', 'info'],
-      prefix: ['prlimit', '--nofile=100:100', '--'],
+      prefix: ['prlimit', '--nofile=160:160', '--'],
     });
     cleanups.push(() => d.stop());
   }, 60_000);
@@ -577,7 +578,7 @@ describe('8. smaller holes, on a daemon of their own', () => {
       const r = await line.call(s, [ID('C_Initialize')]);
       if (!Array.isArray(r)) failure = r.error.message;
     }
-    // 100 descriptors run out before 60 executors
+    // 160 descriptors run out before 60 executors
     expect(failure).toMatch(/cannot start executor|EMFILE/i);
     expect(d.exited()).toBeUndefined();
     expect((await line.call(first, [ID('C_GetInfo')]) as number[])[0]).toBe(0);

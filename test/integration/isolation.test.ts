@@ -115,13 +115,14 @@ describe('a module instance that crashes or hangs', () => {
     const victim = await app(ptyA.guestPath);
     const bystander = await app(ptyA.guestPath);
     const other = await app(ptyB.guestPath);
-    const pidOf = async (g: Guest) => {
+    // connection ids are small and reused: the latest connection with that id on that port
+    const pidOf = async (g: Guest, port: string) => {
       const conn = await g.eval('return c.serverInfo.connection');
-      return daemon.logs().find((l) => l.msg === 'connection opened' && l.conn === conn)!.executorPid as number;
+      return daemon.logs().filter((l) => l.msg === 'connection opened' && l.conn === conn && l.port === port).at(-1)!.executorPid as number;
     };
     await victim.eval(`state.s = await c.C_OpenSession(state.slot, ${RW_SESSION}); return null`);
     // Crash: the victim gets CKR_DEVICE_ERROR, nobody else notices.
-    process.kill(await pidOf(victim), 'SIGKILL');
+    process.kill(await pidOf(victim, ptyA.serverPath), 'SIGKILL');
     await expect(victim.eval('return c.C_GenerateRandom(state.s, Buffer.alloc(8))')).rejects.toMatchObject({ code: expect.any(Number) });
     for (const g of [bystander, other]) {
       expect(await g.eval(`const s = await c.C_OpenSession(state.slot, ${RW_SESSION}); return (await c.C_GenerateRandom(s, Buffer.alloc(8))).length`)).toBe(8);
@@ -130,7 +131,7 @@ describe('a module instance that crashes or hangs', () => {
     // Hang: the call runs into the daemon's --max-call limit (3 s) while the others carry on.
     const hung = await app(ptyB.guestPath, 10_000);
     await hung.eval(`state.s = await c.C_OpenSession(state.slot, ${RW_SESSION}); return null`);
-    const hungPid = await pidOf(hung);
+    const hungPid = await pidOf(hung, ptyB.serverPath);
     process.kill(hungPid, 'SIGSTOP');
     const stuck = hung.eval('return c.C_GenerateRandom(state.s, Buffer.alloc(8))');
     const stuckResult = stuck.then(() => 'answered', (e: { code?: number }) => e.code);

@@ -52,7 +52,7 @@ describe('idle lease', () => {
   it('expires a killed app and frees its executor; a living idle app keeps its connection', async () => {
     const living = await loggedIn(ptyA.guestPath);
     const doomed = await loggedIn(ptyB.guestPath);
-    const opened = daemon.logs().find((l) => l.msg === 'connection opened' && l.conn === doomed.conn);
+    const opened = daemon.logs().filter((l) => l.msg === 'connection opened' && l.conn === doomed.conn && l.port === ptyB.serverPath).at(-1);
     const executorPid = opened?.executorPid as number;
     expect(alive(executorPid)).toBe(true);
 
